@@ -1,0 +1,6 @@
+"""Models: every one follows :class:`attnrec.models.base.Recommender`."""
+
+from attnrec.models.base import Recommender, available_models, get_model_class
+from attnrec.models.baselines import EASE, ItemKNN, MostPopular
+
+__all__ = ["Recommender", "available_models", "get_model_class", "MostPopular", "ItemKNN", "EASE"]
