@@ -46,30 +46,37 @@ class EvalResult:
 
 
 def ranks_of_targets(
-    scores: torch.Tensor, targets: Sequence[np.ndarray]
+    scores: torch.Tensor, targets: Sequence[np.ndarray], max_elements: int = 50_000_000
 ) -> list[np.ndarray]:
     """1-based rank of each target in each row of ``scores`` (masked items are ``-inf``).
 
     Ranking is by score descending, ties broken by lower item id. A target
     whose score is ``-inf`` (excluded) gets rank ``inf``.
     """
-    # rank = #(strictly better) + #(equal score with lower id) + 1
-    out = []
     B, N = scores.shape
+    lengths = np.fromiter((len(t) for t in targets), dtype=np.int64, count=B)
+    T = int(lengths.max()) if B else 0
+    if T == 0:
+        return [np.zeros(0) for _ in range(B)]
+    padded = np.zeros((B, T), dtype=np.int64)
+    for b, t in enumerate(targets):
+        padded[b, : len(t)] = t
+    tgt = torch.from_numpy(padded)  # (B, T)
+    ts = scores.gather(1, tgt)  # (B, T)
     ids = torch.arange(N)
-    for b in range(B):
-        t = torch.as_tensor(np.asarray(targets[b], dtype=np.int64))
-        if t.numel() == 0:
-            out.append(np.zeros(0))
-            continue
-        row = scores[b]
-        ts = row[t]  # (T,)
-        better = (row[None, :] > ts[:, None]).sum(1)
-        tie_lower = ((row[None, :] == ts[:, None]) & (ids[None, :] < t[:, None])).sum(1)
-        r = (better + tie_lower + 1).double().numpy()
-        r[~torch.isfinite(ts).numpy()] = np.inf
-        out.append(r)
-    return out
+    ranks = torch.empty(B, T, dtype=torch.float64)
+    # rank = #(strictly better) + #(equal score, lower id) + 1, in chunks to bound memory
+    rows_per_chunk = max(1, max_elements // (N * T))
+    for r0 in range(0, B, rows_per_chunk):
+        sl = slice(r0, r0 + rows_per_chunk)
+        row = scores[sl, None, :]  # (b, 1, N)
+        t_s = ts[sl, :, None]  # (b, T, 1)
+        better = (row > t_s).sum(-1)
+        tie_lower = ((row == t_s) & (ids[None, None, :] < tgt[sl, :, None])).sum(-1)
+        ranks[sl] = (better + tie_lower + 1).double()
+    ranks[~torch.isfinite(ts)] = float("inf")
+    r = ranks.numpy()
+    return [r[b, : lengths[b]] for b in range(B)]
 
 
 def metrics_from_ranks(ranks: list[np.ndarray], ks: Sequence[int]) -> dict[str, np.ndarray]:
