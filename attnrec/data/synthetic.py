@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from attnrec.data.dataset import IdMap, SequenceData
+from attnrec.data.dataset import SequenceData
 from attnrec.data.log import InteractionLog, LoadReport
+from attnrec.data.preprocess import build_sequences
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +94,12 @@ class SyntheticData:
         return dict(zip(cat["item_id"], cat["name"]))
 
     def to_sequences(self) -> SequenceData:
-        """Chronological per-user sequences; dense ids follow sorted raw-id order.
+        """Chronological per-user sequences, exactly as loading ``write``'s files gives.
 
-        Only items that occur in the log get an id, as when a user's file is loaded.
+        Dense ids follow sorted raw-id order; only items that occur in the log get one.
         """
-        users, u_idx = np.unique(self.log.user, return_inverse=True)
-        items, i_idx = np.unique(self.log.item, return_inverse=True)
-        # stable: user first, then time, then file order
-        order = np.lexsort((np.arange(len(self.log)), self.log.timestamp, u_idx))
-        indptr = np.zeros(len(users) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(u_idx, minlength=len(users)), out=indptr[1:])
-        return SequenceData(
-            indptr=indptr,
-            items=i_idx[order].astype(np.int64) + 1,
-            n_items=len(items),
-            user_map=IdMap(users.tolist(), offset=0),
-            item_map=IdMap(items.tolist(), offset=1),
-            timestamps=self.log.timestamp[order],
-        )
+        data, _ = build_sequences(self.log)
+        return data
 
     def write(self, directory: str | Path) -> Path:
         """Write ``interactions.csv`` and ``items.csv`` as a user's own files would look."""
@@ -207,7 +196,8 @@ def generate(
         raise ValueError("need n_items >= 2 and n_users >= 1")
     lo, hi = events_per_user
     if not 1 <= lo <= hi:
-        raise ValueError(f"events_per_user must be (min, max) with 1 <= min <= max, got {events_per_user}")
+        raise ValueError(
+            f"events_per_user must be (min, max) with 1 <= min <= max, got {events_per_user}")
     params = dict(n_users=n_users, n_items=n_items, seed=seed, events_per_user=(lo, hi),
                   rule_prob=rule_prob, zipf_a=zipf_a, drift_prob=drift_prob,
                   noise_prob=noise_prob, standalone_accessory_prob=standalone_accessory_prob,

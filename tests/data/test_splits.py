@@ -13,7 +13,8 @@ def _seqs(split_data: SequenceData) -> list[list[int]]:
 
 
 def _cases(es) -> list[tuple[int, list[int], list[int]]]:
-    return [(int(es.users[i]), es.history(i).tolist(), es.targets(i).tolist()) for i in range(len(es))]
+    return [(int(es.users[i]), es.history(i).tolist(), es.targets(i).tolist())
+            for i in range(len(es))]
 
 
 @pytest.fixture
@@ -117,7 +118,8 @@ def test_temporal_has_no_future_leakage(synth):
     assert len(s.valid) > 20 and len(s.test) > 20
     # default cut-offs leave about 10% of events for each period
     assert np.mean(synth.timestamps >= ts) == pytest.approx(0.1, abs=0.01)
-    assert np.mean((synth.timestamps >= vs) & (synth.timestamps < ts)) == pytest.approx(0.1, abs=0.01)
+    in_valid = (synth.timestamps >= vs) & (synth.timestamps < ts)
+    assert np.mean(in_valid) == pytest.approx(0.1, abs=0.01)
     for es, cut_lo, cut_hi in ((s.valid, vs, ts), (s.test, ts, np.inf)):
         for i in range(len(es)):
             u = es.users[i]
