@@ -56,6 +56,7 @@ _ALIASES = {
 }
 _NUMBER_RE = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
 _ZONE_RE = r"(Z|z|[+-]\d\d:?\d\d)$"
+_ISO_RE = r"^\d{4}-\d\d-\d\d([T ]\d\d(:\d\d(:\d\d(\.\d+)?)?)?)?(Z|z|[+-]\d\d:?\d\d)?$"
 
 
 @dataclass
@@ -133,9 +134,8 @@ def _as_string(arr: pa.ChunkedArray | pa.Array) -> pa.Array:
         arr = arr.dictionary_decode()
     if pa.types.is_floating(arr.type):
         # JSON/Parquet may store integer ids as floats; "7" not "7.0" keeps them equal to text ids
-        as_int, bad = _cast_locate(arr, pa.int64())
-        if not bad[np.asarray(arr.is_valid())].any():
-            arr = as_int
+        if pc.all(pc.equal(arr, pc.floor(arr))).as_py() is not False:
+            arr = pc.cast(arr, pa.int64())
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = pc.cast(arr, pa.string())
     arr = pc.utf8_trim_whitespace(arr)
@@ -146,9 +146,11 @@ def _to_seconds(arr: pa.Array) -> np.ndarray:
     """Timestamp/date array -> float64 epoch seconds (nulls -> NaN)."""
     if pa.types.is_date(arr.type):
         arr = pc.cast(arr, pa.timestamp("s"))
-    per_second = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}[arr.type.unit]
+    per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[arr.type.unit]
     ints = pc.cast(arr, pa.int64())  # the stored UTC value, whatever the zone
-    out = pc.fill_null(ints, 0).to_numpy(zero_copy_only=False).astype(np.float64) / per_second
+    v = pc.fill_null(ints, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    # whole seconds and the fraction separately: v / 1e9 would round 0.25 s to 0.2499998
+    out = (v // per_second).astype(np.float64) + (v % per_second) / per_second
     out[np.asarray(ints.is_null())] = np.nan
     return out
 
@@ -171,14 +173,17 @@ def _parse_numeric(arr: pa.Array, allow_datetime: bool) -> tuple[np.ndarray, np.
         try:
             values = pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
         except pa.ArrowInvalid:
-            numeric = np.asarray(pc.fill_null(pc.match_substring_regex(s, _NUMBER_RE), False))
+            # Only values shaped like a number or an ISO datetime are cast; the rest stay
+            # NaN (= bad), so bisection in _cast_locate is left with the rare odd ones.
+            def matches(regex):
+                return np.asarray(pc.fill_null(pc.match_substring_regex(s, regex), False))
+
+            numeric = matches(_NUMBER_RE)
             groups = [(numeric, pa.float64())]
             if allow_datetime:
-                zoned = np.asarray(pc.fill_null(pc.match_substring_regex(s, _ZONE_RE), False))
+                iso, zoned = matches(_ISO_RE) & ~numeric, matches(_ZONE_RE)
                 # Naive datetimes are taken as UTC; zoned ones are converted to UTC.
-                groups += [(~numeric & ~zoned, pa.timestamp("us")), (~numeric & zoned, pa.timestamp("us", tz="UTC"))]
-            else:
-                groups = [(np.ones(n, dtype=bool), pa.float64())]
+                groups += [(iso & ~zoned, pa.timestamp("ns")), (iso & zoned, pa.timestamp("ns", tz="UTC"))]
             for mask, to in groups:
                 idx = np.nonzero(mask)[0]
                 if len(idx) == 0:
@@ -200,11 +205,12 @@ def _parse_numeric(arr: pa.Array, allow_datetime: bool) -> tuple[np.ndarray, np.
 Locator = Callable[[np.ndarray], list[tuple[int | None, int | None]]]
 
 
-def _scan_lines(path: Path, records: np.ndarray) -> dict[int, int]:
+def _scan_lines(path: Path, records: np.ndarray, blank_ws: bool = False) -> dict[int, int]:
     """1-based non-blank record numbers -> physical line numbers, by one streaming pass.
 
     Only runs when something has to be reported, so normal loads never touch Python lines.
-    (Quoted fields spanning lines are not accounted for.)
+    Blank means empty (as pyarrow's CSV parser sees it), or whitespace-only with
+    ``blank_ws``.  Quoted fields spanning lines are not accounted for.
     """
     wanted = set(int(r) for r in records)
     out: dict[int, int] = {}
@@ -214,7 +220,7 @@ def _scan_lines(path: Path, records: np.ndarray) -> dict[int, int]:
     rec = 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
-            if raw.strip():
+            if (raw.strip() if blank_ws else raw.rstrip(b"\r\n")):
                 rec += 1
                 if rec in wanted:
                     out[rec] = lineno
@@ -223,7 +229,7 @@ def _scan_lines(path: Path, records: np.ndarray) -> dict[int, int]:
     return out
 
 
-def _text_locator(path: Path, header_records: int, skipped: list[int]) -> Locator:
+def _text_locator(path: Path, header_records: int, skipped: list[int], blank_ws: bool = False) -> Locator:
     """Locator for line-based files read by pyarrow (blank lines skipped by the parser)."""
     skipped = sorted(skipped)
 
@@ -235,7 +241,7 @@ def _text_locator(path: Path, header_records: int, skipped: list[int]) -> Locato
                 if s <= rec:
                     rec += 1
             recs.append(rec)
-        lines = _scan_lines(path, np.array(recs))
+        lines = _scan_lines(path, np.array(recs), blank_ws)
         return [(lines.get(rec), None) for rec in recs]
 
     return locate
@@ -446,7 +452,7 @@ def _read_jsonl(path: Path, columns: ColumnMap | None, on_bad_lines: OnBadLines)
     report = LoadReport(str(path))
     try:
         table = pjson.read_json(path)
-        locate = _text_locator(path, 0, [])
+        locate = _text_locator(path, 0, [], blank_ws=True)
     except pa.ArrowInvalid as e:
         # Malformed line or mixed types: walk the file once to find lines and keep going.
         logger.info("%s: pyarrow could not read it (%s); reading line by line", path, e)
@@ -520,7 +526,9 @@ def read_interactions(
     fmt = format
     if fmt == "auto":
         fmt = _EXTENSIONS.get(path.suffix.lower(), "csv")
-        if fmt in ("txt", "recbole"):
+        if fmt == "recbole":
+            return read_recbole(path, columns, on_bad_lines)
+        if fmt == "txt":
             fmt = "csv"
     if fmt in ("csv", "tsv"):
         if sep is None and fmt == "tsv":
@@ -542,7 +550,8 @@ def read_interactions(
 def read_sequences(path: str | Path) -> InteractionLog:
     """Read ``user item1 item2 ...`` lines (chronological, whitespace separated).
 
-    The timestamp of an item is its position within the line (``has_time=False``).
+    The timestamp of an item is its position within the line (``has_time=False``);
+    a user spread over several lines gets positions that continue from line to line.
     Lines holding only a user id are counted in the report.
     """
     path = Path(path)
@@ -592,6 +601,15 @@ def read_sequences(path: str | Path) -> InteractionLog:
     # position within the line: global item index minus the index of the line's first item
     starts = np.repeat(np.cumsum(n_items) - n_items, n_items)
     timestamp = (np.arange(len(item)) - starts).astype(np.float64)
+    line_users = flat[first]
+    if len(np.unique(line_users.astype(str))) < len(line_users):
+        # A user on several lines: positions continue across them, so the user's
+        # history stays in file order instead of interleaving by position.
+        _, code = np.unique(user.astype(str), return_inverse=True)
+        o = np.argsort(code, kind="stable")
+        group_start = np.searchsorted(code[o], code[o], side="left")
+        timestamp = np.empty(len(item), dtype=np.float64)
+        timestamp[o] = np.arange(len(item)) - group_start
     return InteractionLog(user, item, timestamp, report=report, has_time=False)
 
 
