@@ -1,6 +1,13 @@
 """Data layer: reading interaction files and turning them into dense sequences."""
 
-from attnrec.data.dataset import EvalSet, IdMap, SequenceData, Split, load_sequences_npz, save_sequences_npz
+from attnrec.data.dataset import (
+    EvalSet,
+    IdMap,
+    SequenceData,
+    Split,
+    load_sequences_npz,
+    save_sequences_npz,
+)
 from attnrec.data.errors import DataError
 from attnrec.data.io import (
     FORMATS,

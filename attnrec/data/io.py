@@ -183,7 +183,10 @@ def _parse_numeric(arr: pa.Array, allow_datetime: bool) -> tuple[np.ndarray, np.
             if allow_datetime:
                 iso, zoned = matches(_ISO_RE) & ~numeric, matches(_ZONE_RE)
                 # Naive datetimes are taken as UTC; zoned ones are converted to UTC.
-                groups += [(iso & ~zoned, pa.timestamp("ns")), (iso & zoned, pa.timestamp("ns", tz="UTC"))]
+                groups += [
+                    (iso & ~zoned, pa.timestamp("ns")),
+                    (iso & zoned, pa.timestamp("ns", tz="UTC")),
+                ]
             for mask, to in groups:
                 idx = np.nonzero(mask)[0]
                 if len(idx) == 0:
@@ -229,7 +232,9 @@ def _scan_lines(path: Path, records: np.ndarray, blank_ws: bool = False) -> dict
     return out
 
 
-def _text_locator(path: Path, header_records: int, skipped: list[int], blank_ws: bool = False) -> Locator:
+def _text_locator(
+    path: Path, header_records: int, skipped: list[int], blank_ws: bool = False
+) -> Locator:
     """Locator for line-based files read by pyarrow (blank lines skipped by the parser)."""
     skipped = sorted(skipped)
 
@@ -275,7 +280,8 @@ def _table_to_log(
                 bad[role] = np.asarray(cols[role].is_null())
     for role in ("timestamp", "rating"):
         if role in names:
-            values, bad[role] = _parse_numeric(table[names[role]], allow_datetime=role == "timestamp")
+            is_time = role == "timestamp"
+            values, bad[role] = _parse_numeric(table[names[role]], allow_datetime=is_time)
             cols[role] = values
 
     any_bad = np.zeros(n, dtype=bool)
@@ -404,7 +410,8 @@ def _read_delimited(
         for number, text, expected, actual in invalid:
             report.drop(
                 "wrong number of fields",
-                example=f"line {lines.get(number, '?')}: expected {expected} fields, found {actual}: {text[:60]!r}",
+                example=f"line {lines.get(number, '?')}: expected {expected} fields, "
+                f"found {actual}: {text[:60]!r}",
             )
         logger.warning("%s: skipped %d malformed lines", path, len(invalid))
     if table.num_rows == 0 and not invalid:
@@ -416,7 +423,9 @@ def _read_delimited(
 # --------------------------------------------------------------------------- parquet / json
 
 
-def _read_parquet(path: Path, columns: ColumnMap | None, on_bad_lines: OnBadLines) -> InteractionLog:
+def _read_parquet(
+    path: Path, columns: ColumnMap | None, on_bad_lines: OnBadLines
+) -> InteractionLog:
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
@@ -469,7 +478,8 @@ def _read_jsonl(path: Path, columns: ColumnMap | None, on_bad_lines: OnBadLines)
                     if on_bad_lines == "error":
                         raise DataError(f"malformed JSON line ({err})", path, line=lineno) from None
                     report.rows_read += 1
-                    report.drop("malformed JSON line", example=f"line {lineno}: {line.strip()[:60]!r}")
+                    example = f"line {lineno}: {line.strip()[:60]!r}"
+                    report.drop("malformed JSON line", example=example)
                     continue
                 records.append(rec)
                 line_of.append(lineno)
@@ -484,7 +494,9 @@ def _read_jsonl(path: Path, columns: ColumnMap | None, on_bad_lines: OnBadLines)
     return _table_to_log(table, roles, path, report, locate, on_bad_lines)
 
 
-def _read_json_array(path: Path, columns: ColumnMap | None, on_bad_lines: OnBadLines) -> InteractionLog:
+def _read_json_array(
+    path: Path, columns: ColumnMap | None, on_bad_lines: OnBadLines
+) -> InteractionLog:
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
@@ -626,7 +638,8 @@ def _find_recbole(path: Path, ext: str = ".inter") -> Path:
             return cands[0]
         if not cands:
             raise DataError(f"no {ext} file in this directory", path)
-        raise DataError(f"several {ext} files here ({', '.join(c.name for c in cands)}); name one", path)
+        listed = ", ".join(c.name for c in cands)
+        raise DataError(f"several {ext} files here ({listed}); name one", path)
     prefixed = path.with_name(path.name + ext)
     if prefixed.is_file():
         return prefixed
@@ -645,7 +658,12 @@ def read_recbole(
     return _read_delimited(path, columns, "\t", on_bad_lines, strip_types=True, quoting=False)
 
 
-_RECBOLE_TYPES = {"token": pa.string(), "token_seq": pa.string(), "float": pa.float64(), "float_seq": pa.string()}
+_RECBOLE_TYPES = {
+    "token": pa.string(),
+    "token_seq": pa.string(),
+    "float": pa.float64(),
+    "float_seq": pa.string(),
+}
 
 
 def read_recbole_table(path: str | Path) -> pa.Table:

@@ -113,7 +113,8 @@ def build_sequences(
     if config.rating_threshold is not None:
         if log.rating is None:
             raise ValueError("rating_threshold is set but the log has no rating column")
-        step("rating_threshold", np.asarray(log.rating, dtype=np.float64) >= config.rating_threshold)
+        rating = np.asarray(log.rating, dtype=np.float64)
+        step("rating_threshold", rating >= config.rating_threshold)
     if config.dedupe != "none":
         idx = np.nonzero(keep)[0]
         # group (user, item) pairs, chronological within a group, file order breaking ties
@@ -132,7 +133,11 @@ def build_sequences(
             report.kcore_iterations += 1
             u_cnt = np.bincount(user[keep], minlength=len(user_raw))
             i_cnt = np.bincount(item[keep], minlength=len(item_raw))
-            mask = keep & (u_cnt[user] >= config.min_user_interactions) & (i_cnt[item] >= config.min_item_interactions)
+            mask = (
+                keep
+                & (u_cnt[user] >= config.min_user_interactions)
+                & (i_cnt[item] >= config.min_item_interactions)
+            )
             if (mask == keep).all():
                 break
             keep &= mask
@@ -158,7 +163,8 @@ def build_sequences(
         item_map=IdMap(item_raw[used_items].tolist(), offset=1),
         timestamps=t if log.has_time else None,
     )
-    report.users, report.items, report.interactions = data.n_users, data.n_items, data.n_interactions
+    report.users, report.items = data.n_users, data.n_items
+    report.interactions = data.n_interactions
     logger.info("built sequences: %s", report.summary().replace("\n", "; "))
     return data, report
 

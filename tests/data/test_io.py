@@ -35,7 +35,10 @@ ROWS = [
 ]
 
 
-def write_csv(path: Path, sep: str = ",", header=("user_id", "item_id", "timestamp", "rating")) -> Path:
+HEADER = ("user_id", "item_id", "timestamp", "rating")
+
+
+def write_csv(path: Path, sep: str = ",", header=HEADER) -> Path:
     lines = [sep.join(header)] + [sep.join(map(str, r)) for r in ROWS]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -77,7 +80,7 @@ def test_round_trip_tsv(tmp_path, reference):
 def test_round_trip_parquet(tmp_path, reference):
     cols = list(zip(*ROWS))
     table = pa.table(
-        {"user_id": list(cols[0]), "item_id": list(cols[1]), "timestamp": list(cols[2]), "rating": list(cols[3])}
+        {name: list(col) for name, col in zip(HEADER, cols)}
     )
     pq.write_table(table, tmp_path / "x.parquet")
     assert_same(load_dataset(tmp_path / "x.parquet")[0], reference)
@@ -93,7 +96,7 @@ def test_round_trip_parquet_integer_ids(tmp_path):
 def test_round_trip_jsonl(tmp_path, reference):
     path = tmp_path / "x.jsonl"
     path.write_text(
-        "\n".join(json.dumps(dict(zip(("user_id", "item_id", "timestamp", "rating"), r))) for r in ROWS)
+        "\n".join(json.dumps(dict(zip(HEADER, r))) for r in ROWS)
     )
     assert_same(load_dataset(path)[0], reference)
 
@@ -109,7 +112,7 @@ def test_jsonl_mixed_id_types(tmp_path, reference):
 
 def test_round_trip_json_array(tmp_path, reference):
     path = tmp_path / "x.json"
-    path.write_text(json.dumps([dict(zip(("user_id", "item_id", "timestamp", "rating"), r)) for r in ROWS]))
+    path.write_text(json.dumps([dict(zip(HEADER, r)) for r in ROWS]))
     assert_same(load_dataset(path)[0], reference)
 
 
@@ -242,12 +245,15 @@ def test_non_numeric_timestamp_names_line_and_column(tmp_path):
     path = tmp_path / "data.csv"
     rows = [f"u{i},{i},{1000 + i}" for i in range(15)]
     rows[14] = "u14,14,abc"  # file line 16 (header is line 1) ...
-    path.write_text("user_id,item_id,timestamp\n" + "\n".join(rows[:5]) + "\n\n" + "\n".join(rows[5:]) + "\n")
+    body = "\n".join(rows[:5]) + "\n\n" + "\n".join(rows[5:])
+    path.write_text("user_id,item_id,timestamp\n" + body + "\n")
     with pytest.raises(DataError) as e:
         read_interactions(path)
     assert e.value.line == 17  # ... plus one blank line
     assert e.value.column == "timestamp"
-    assert str(e.value) == f"{path}, line 17, column 'timestamp': 'abc' is not a number or an ISO-8601 datetime"
+    assert str(e.value) == (
+        f"{path}, line 17, column 'timestamp': 'abc' is not a number or an ISO-8601 datetime"
+    )
 
 
 def test_empty_ids_are_never_lost(tmp_path):
@@ -301,12 +307,18 @@ def test_bad_value_deep_inside_big_file(tmp_path, big_csv):
     assert e.value.line == 31_001 and e.value.column == "timestamp"
     log = read_interactions(p2, on_bad_lines="skip")
     assert len(log) == n - 2 and log.report.dropped == {"bad timestamp": 2}
-    assert [x.split(":")[0] for x in log.report.examples["bad timestamp"]] == ["line 31001", "line 31002"]
+    where = [x.split(":")[0] for x in log.report.examples["bad timestamp"]]
+    assert where == ["line 31001", "line 31002"]
 
 
 def test_jsonl_malformed_line(tmp_path):
     path = tmp_path / "x.jsonl"
-    path.write_text('{"user_id": "a", "item_id": "1"}\n\n{"user_id": "b", "item_id": \n{"user_id": "c", "item_id": "2"}\n')
+    path.write_text(
+        '{"user_id": "a", "item_id": "1"}\n'
+        "\n"
+        '{"user_id": "b", "item_id": \n'
+        '{"user_id": "c", "item_id": "2"}\n'
+    )
     with pytest.raises(DataError) as e:
         read_log(path)
     assert e.value.line == 3
@@ -315,7 +327,8 @@ def test_jsonl_malformed_line(tmp_path):
 
 
 def test_parquet_bad_value_names_row(tmp_path):
-    pq.write_table(pa.table({"user_id": ["a", "b"], "item_id": ["1", "2"], "timestamp": ["5", "x"]}), tmp_path / "p.parquet")
+    table = pa.table({"user_id": ["a", "b"], "item_id": ["1", "2"], "timestamp": ["5", "x"]})
+    pq.write_table(table, tmp_path / "p.parquet")
     with pytest.raises(DataError) as e:
         read_log(tmp_path / "p.parquet")
     assert e.value.row == 2 and e.value.column == "timestamp"
@@ -333,7 +346,11 @@ def test_unknown_extension(tmp_path):
 
 def test_recbole_table(tmp_path):
     path = tmp_path / "toy.item"
-    path.write_text("item_id:token\ttitle:token_seq\tyear:float\n1\tToy \"Story\"\t1995\n2\tHeat\t1995\n")
+    path.write_text(
+        "item_id:token\ttitle:token_seq\tyear:float\n"
+        '1\tToy "Story"\t1995\n'
+        "2\tHeat\t1995\n"
+    )
     table = read_recbole_table(path)
     assert table.column_names == ["item_id", "title", "year"]
     assert table["title"].to_pylist() == ['Toy "Story"', "Heat"]

@@ -68,13 +68,15 @@ def test_dense_ids_numeric_order_and_round_trip():
     assert data.item_map.to_dense("3") == 1 and data.user_map.to_dense("2") == 0
     for u in range(data.n_users):  # every interaction maps back to its raw ids
         raw_user = data.user_map.to_raw(u)
-        expected = [it for us, it, _ in sorted(zip(log.user, log.item, log.timestamp), key=lambda r: r[2]) if us == raw_user]
+        rows = sorted(zip(log.user, log.item, log.timestamp), key=lambda r: r[2])
+        expected = [it for us, it, _ in rows if us == raw_user]
         assert data.item_map.decode(data.sequence(u)) == expected
     assert data.item_map.encode(["100", "20"]).tolist() == [3, 2]
 
 
 def test_dense_ids_lexicographic_when_not_all_integers():
-    data, _ = build_sequences(make_log([("u", "b", 1), ("u", "10", 2), ("u", "9", 3), ("u", "a", 4)]))
+    log = make_log([("u", "b", 1), ("u", "10", 2), ("u", "9", 3), ("u", "a", 4)])
+    data, _ = build_sequences(log)
     assert data.item_map.raw_ids == ["10", "9", "a", "b"]
 
 
@@ -107,7 +109,8 @@ def test_dedupe_uses_time_not_file_order():
 
 def test_kcore_needs_several_passes():
     # Pass 1 removes item C (1 interaction); only then does u3 fall below 2.
-    rows = [("u1", "A", 1), ("u1", "B", 2), ("u2", "A", 1), ("u2", "B", 2), ("u3", "A", 1), ("u3", "C", 2)]
+    rows = [("u1", "A", 1), ("u1", "B", 2), ("u2", "A", 1), ("u2", "B", 2)]
+    rows += [("u3", "A", 1), ("u3", "C", 2)]
     cfg = PreprocessConfig(min_user_interactions=2, min_item_interactions=2)
     data, report = build_sequences(make_log(rows), cfg)
     assert seqs(data) == {"u1": ["A", "B"], "u2": ["A", "B"]}
@@ -124,7 +127,12 @@ def test_kcore_cascade_empties_everything():
 
 
 def test_rating_threshold_and_event_filter():
-    rows = [("a", "1", 1, 5.0, "buy"), ("a", "2", 2, 3.5, "buy"), ("a", "3", 3, 4.0, "view"), ("b", "1", 1, 4.0, "buy")]
+    rows = [
+        ("a", "1", 1, 5.0, "buy"),
+        ("a", "2", 2, 3.5, "buy"),
+        ("a", "3", 3, 4.0, "view"),
+        ("b", "1", 1, 4.0, "buy"),
+    ]
     log = make_log(rows, rating=True, event=True)
     data, report = build_sequences(log, PreprocessConfig(rating_threshold=4.0))
     assert seqs(data) == {"a": ["1", "3"], "b": ["1"]} and report.removed == {"rating_threshold": 1}
