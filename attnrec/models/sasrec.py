@@ -1,0 +1,505 @@
+"""SASRec: causal self-attention over the item sequence (Kang & McAuley, ICDM 2018).
+
+Built on the shared attention core (:mod:`attnrec.models.attention`). Defaults
+follow the "SASRec+" recipe (full-softmax cross-entropy over the catalogue,
+Klenitskiy & Vasilev 2023), which is much stronger than the original
+one-negative BCE on sparse data.
+
+Training (one pass covers every target of every sequence):
+
+* A sequence ``s`` of length ``L`` gives inputs ``s[:-1]`` and shift-by-one
+  targets ``s[1:]``. Sequences longer than ``max_len + 1`` are cut into windows
+  of at most ``max_len`` inputs (from the end), so every target is trained
+  exactly once per epoch.
+* Windows are **right-padded** and grouped by length into batches (little
+  padding). With causal attention, position ``t`` then sees exactly the prefix
+  ``s[:t+1]`` with the same positional embeddings it gets at inference time, so
+  training all positions at once equals training on every prefix separately.
+* Output logits are computed only at real (non-padding) positions.
+
+Losses (``loss=``):
+
+* ``"ce"``: full softmax cross-entropy over all items (fused chunked kernel:
+  logits, softmax and both gradients are computed chunk by chunk, the
+  ``(N, n_items)`` logit matrix never exists in full).
+* ``"sampled_softmax"``: softmax over the positive and ``n_negatives`` shared
+  negatives sampled uniformly or by popularity (``negative_sampling``), with
+  the logQ correction (Yi et al. 2019); accidental hits are masked.
+* ``"bce"``: the original: one uniform negative per position, binary CE.
+* ``"gbce"``: gSASRec (Petrov & Macdonald, RecSys 2023): ``n_negatives`` uniform
+  negatives per position, positive probability raised to ``beta`` with
+  ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``, ``alpha = n_negatives/(n_items-1)``,
+  ``t = gbce_t``.
+
+``mixer="lowpass"`` adds a BSARec-style (Shin et al., AAAI 2024) inductive-bias
+branch beside self-attention in every block: a *causal* low-pass filter (an
+exponentially decaying average over the prefix with a learned time constant)
+plus a learned per-channel re-weighting of the high-frequency residual,
+``alpha * (low + beta * (x - low)) + (1 - alpha) * attention(x)``. (BSARec's
+FFT filter is not causal, so it cannot be trained on all positions at once.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attnrec.data.dataset import EvalSet, SequenceData
+from attnrec.models.attention import AttentionConfig, TransformerBlock
+from attnrec.models.base import Recommender, register
+from attnrec.training import TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
+
+
+# --------------------------------------------------------------------------
+# modules
+# --------------------------------------------------------------------------
+class CausalLowPass(nn.Module):
+    """Causal low-pass filter: exponentially decaying average over the prefix.
+
+    ``low[t] = sum_{s<=t} w(t-s) x[s] / sum_{s<=t} w(t-s)`` with
+    ``w(k) = exp(-k / tau)`` and a learned ``tau`` (init ``tau0``); output
+    ``low + beta * (x - low)`` with a learned per-channel ``beta`` (BSARec's
+    high-frequency re-weighting, init 1 = identity).
+    """
+
+    def __init__(self, d_model: int, tau0: float = 4.0):
+        super().__init__()
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau0)))
+        self.beta = nn.Parameter(torch.zeros(1, 1, d_model))  # starts with no high-frequency part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        t = torch.arange(T, device=x.device, dtype=x.dtype)
+        lag = t[:, None] - t[None, :]  # (T, T)
+        w = torch.exp(-lag.clamp(min=0) / self.log_tau.exp().to(x.dtype)) * (lag >= 0)
+        w = w / w.sum(1, keepdim=True)  # (T, T) rows sum to 1
+        low = torch.einsum("ts,bsd->btd", w, x)  # (B, T, d)
+        return low + self.beta * (x - low)
+
+
+class SASRecNet(nn.Module):
+    """Item + position embeddings -> causal transformer blocks -> hidden states."""
+
+    def __init__(self, n_items: int, max_len: int, cfg: AttentionConfig, n_layers: int,
+                 shared_embeddings: bool = True, mixer: str = "none", alpha: float = 0.5):
+        super().__init__()
+        d = cfg.d_model
+        self.n_items = n_items
+        self.max_len = max_len
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, d)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            TransformerBlock(cfg, mixer=CausalLowPass(d) if mixer == "lowpass" else None, alpha=alpha)
+            for _ in range(n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
+        self.out_emb = None if shared_embeddings else nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def output_weight(self) -> torch.Tensor:
+        """``(n_items + 1, d)`` output item embeddings (row 0 = padding)."""
+        return (self.out_emb if self.out_emb is not None else self.item_emb).weight
+
+    def forward(self, seq: torch.Tensor, need_weights: bool = False):
+        """``seq`` (B, T) right-padded item ids -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
+        B, T = seq.shape
+        x = self.item_emb(seq) * math.sqrt(self.cfg.d_model)  # (B, T, d)
+        x = x + self.pos_emb.weight[:T]  # (B, T, d)
+        x = self.emb_drop(x)
+        weights = []
+        for block in self.blocks:
+            # right padding + causal mask: a real position never sees a padding key
+            x, w = block(x, causal=True, need_weights=need_weights)  # (B, T, d)
+            weights.append(w)
+        x = self.ln_f(x)
+        return (x, weights) if need_weights else x
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    """Mean softmax cross-entropy of ``h @ W.T`` computed chunk by chunk.
+
+    Forward computes the loss *and* both gradients per chunk of rows (the
+    softmax of a chunk stays in cache and the full logit matrix is never
+    stored); backward only scales them. ``W`` row 0 is padding and excluded.
+    """
+
+    @staticmethod
+    def forward(ctx, h, W, targets, chunk: int, dtype: torch.dtype):  # type: ignore[override]
+        with torch.autocast("cpu", enabled=False):
+            N = h.shape[0]
+            Wi = W[1:].detach().to(dtype)  # (V, d)
+            hd = h.detach().to(dtype)  # (N, d)
+            tgt = (targets - 1)[:, None]  # (N, 1)
+            gh = torch.empty(h.shape, dtype=torch.float32)
+            gW = torch.zeros(Wi.shape, dtype=torch.float32)
+            loss = torch.zeros((), dtype=torch.float64)
+            for s in range(0, N, chunk):
+                hc = hd[s : s + chunk]  # (n, d)
+                tc = tgt[s : s + chunk]
+                p = (hc @ Wi.T).float()  # (n, V) logits
+                m = p.amax(dim=1, keepdim=True)
+                p.sub_(m).exp_()
+                z = p.sum(dim=1, keepdim=True)
+                pt = p.gather(1, tc)  # exp(logit_target - m)
+                loss += float((z.log() - pt.clamp_min(1e-30).log()).sum())
+                p.div_(z)  # softmax
+                p.scatter_add_(1, tc, torch.full_like(pt, -1.0))  # d loss / d logits
+                g = p.to(dtype)
+                gh[s : s + chunk] = (g @ Wi).float()  # (n, d)
+                if dtype == torch.float32:
+                    gW.addmm_(g.T, hc)  # (V, d)
+                else:
+                    gW.add_((g.T @ hc).float())
+            inv = 1.0 / max(1, N)
+            gh.mul_(inv)
+            gW.mul_(inv)
+            ctx.save_for_backward(gh, gW)
+            ctx.w_shape = W.shape
+            ctx.h_dtype, ctx.w_dtype = h.dtype, W.dtype
+            return (loss * inv).to(torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        gh, gW = ctx.saved_tensors
+        gWfull = torch.zeros(ctx.w_shape, dtype=torch.float32)
+        gWfull[1:] = gW
+        return (gh * grad_out).to(ctx.h_dtype), (gWfull * grad_out).to(ctx.w_dtype), None, None, None
+
+
+def fused_linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
+                               chunk: int = 256, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``h @ W[1:].T`` against ``targets`` (ids 1..V)."""
+    return _FusedLinearCE.apply(h, W, targets, chunk, dtype)
+
+
+# --------------------------------------------------------------------------
+# batching
+# --------------------------------------------------------------------------
+def training_windows(data: SequenceData, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` into ``data.items``: inputs ``items[s:s+n]``, targets ``items[s+1:s+n+1]``.
+
+    Every target of every sequence appears in exactly one window.
+    """
+    starts, lens = [], []
+    for u in range(data.n_users):
+        a, b = int(data.indptr[u]), int(data.indptr[u + 1])
+        n_targets = b - a - 1
+        end = b - 1  # exclusive end of inputs
+        while n_targets > 0:
+            n = min(max_len, n_targets)
+            starts.append(end - n)
+            lens.append(n)
+            end -= n
+            n_targets -= n
+    return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
+
+
+def pad_right(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last ``max_len`` items of each history, right-padded -> ``(seq (B, T), lengths (B,))``."""
+    lens = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
+    T = max(1, int(lens.max()) if len(lens) else 1)
+    seq = np.zeros((len(histories), T), dtype=np.int64)
+    for i, h in enumerate(histories):
+        if lens[i]:
+            seq[i, : lens[i]] = np.asarray(h[-lens[i]:], dtype=np.int64)
+    return torch.from_numpy(seq), torch.from_numpy(lens)
+
+
+# --------------------------------------------------------------------------
+# the recommender
+# --------------------------------------------------------------------------
+@register("sasrec")
+class SASRec(Recommender):
+    """SASRec with a choice of training objective (default: full softmax CE).
+
+    Hyperparameters are stored as given (scikit-learn style). Training options
+    (``epochs``, ``lr``, ... ``num_threads``) are passed to
+    :func:`attnrec.training.train`. With ``fit(data, valid)`` training stops
+    early on validation ``NDCG@10`` and keeps the best epoch (``best_epoch_``);
+    the recommended final protocol refits on train+valid for that many epochs
+    (:meth:`refit_params`).
+    """
+
+    sequential = True
+
+    def __init__(
+        self,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 50,
+        dropout: float = 0.5,
+        attn_dropout: float | None = None,
+        pre_ln: bool = True,
+        similarity: str = "dot",
+        top_k: int | None = None,
+        shared_embeddings: bool = True,
+        mixer: str = "none",
+        alpha: float = 0.5,
+        loss: str = "ce",
+        n_negatives: int = 256,
+        negative_sampling: str = "uniform",
+        gbce_t: float = 0.75,
+        epochs: int = 200,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        patience: int = 10,
+        eval_every: int = 1,
+        seed: int = 0,
+        bf16: bool = False,
+        compile: bool = False,
+        num_threads: int | None = None,
+        checkpoint_dir: str | None = None,
+        resume: bool = False,
+        progress: bool = False,
+        max_seconds: float | None = None,
+        ce_chunk: int = 256,
+    ):
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.max_len = max_len
+        self.dropout = dropout
+        self.attn_dropout = attn_dropout
+        self.pre_ln = pre_ln
+        self.similarity = similarity
+        self.top_k = top_k
+        self.shared_embeddings = shared_embeddings
+        self.mixer = mixer
+        self.alpha = alpha
+        self.loss = loss
+        self.n_negatives = n_negatives
+        self.negative_sampling = negative_sampling
+        self.gbce_t = gbce_t
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.eval_every = eval_every
+        self.seed = seed
+        self.bf16 = bf16
+        self.compile = compile
+        self.num_threads = num_threads
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
+        self.progress = progress
+        self.max_seconds = max_seconds
+        self.ce_chunk = ce_chunk
+
+    # ---- construction ----------------------------------------------------
+    def _attention_config(self) -> AttentionConfig:
+        return AttentionConfig(
+            d_model=self.d_model, n_heads=self.n_heads, dropout=self.dropout,
+            attn_dropout=self.attn_dropout, similarity=self.similarity, top_k=self.top_k,
+            pre_ln=self.pre_ln,
+        )
+
+    def _build(self, n_items: int) -> SASRecNet:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.mixer not in ("none", "lowpass"):
+            raise ValueError(f"mixer must be 'none' or 'lowpass', got {self.mixer!r}")
+        return SASRecNet(n_items, self.max_len, self._attention_config(), self.n_layers,
+                         self.shared_embeddings, self.mixer, self.alpha)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
+            eval_every=self.eval_every, metric="NDCG@10", seed=self.seed,
+            checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=self.bf16,
+            compile=self.compile, num_threads=self.num_threads, progress=self.progress,
+            max_seconds=self.max_seconds, desc=self.model_name,
+        )
+
+    def refit_params(self) -> dict[str, Any]:
+        """Parameters for the final refit on train+valid: the best epoch count, no early stopping."""
+        self._check_fitted()
+        return {"epochs": max(1, int(self.best_epoch_)), "patience": None}
+
+    # ---- fitting ---------------------------------------------------------
+    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+        torch.manual_seed(self.seed)
+        self.net_ = self._build(data.n_items)
+        starts, lens = training_windows(data, self.max_len)
+        if len(starts) == 0:
+            raise ValueError("no training targets: every sequence has fewer than 2 items")
+        items = torch.from_numpy(data.items)
+        counts = data.item_counts().astype(np.float64)
+        self._neg_probs = None
+        if self.negative_sampling == "popularity":
+            p = counts[1:] / counts[1:].sum()
+            self._neg_probs = torch.from_numpy(p)
+        elif self.negative_sampling != "uniform":
+            raise ValueError("negative_sampling must be 'uniform' or 'popularity'")
+        net = self.net_
+        bs = self.batch_size
+
+        def batches(epoch: int, rng: np.random.Generator):
+            # shuffle, then sort by length inside groups of 64 batches: little padding, random order
+            perm = rng.permutation(len(starts))
+            group = bs * 64
+            order = []
+            for g in range(0, len(perm), group):
+                idx = perm[g : g + group]
+                order.append(idx[np.argsort(lens[idx], kind="stable")])
+            order = np.concatenate(order)
+            chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
+            for j in rng.permutation(len(chunks)):
+                sel = chunks[j]
+                s, n = starts[sel], lens[sel]
+                T = int(n.max())
+                ar = np.arange(T)
+                mask = ar[None, :] < n[:, None]  # (B, T)
+                pos = np.where(mask, s[:, None] + ar[None, :], 0)
+                seq = torch.from_numpy(np.where(mask, data.items[pos], 0))
+                tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
+                yield seq, tgt, torch.from_numpy(mask)
+
+        def loss_fn(batch) -> torch.Tensor:
+            seq, tgt, mask = batch
+            h = net(seq)  # (B, T, d)
+            return self._loss(h[mask], tgt[mask])  # (N, d), (N,)
+
+        evaluate_fn = None
+        if valid is not None and len(valid):
+            from attnrec.evaluation import evaluate
+
+            def evaluate_fn() -> float:
+                return evaluate(self, valid, ks=(10,))["NDCG@10"]
+
+        cfg = self.train_config()
+        if valid is None:
+            cfg.patience = None
+        res: TrainResult = train(net, batches, loss_fn, cfg, evaluate_fn)
+        self.history_ = res.history
+        self.best_epoch_ = res.best_epoch if evaluate_fn is not None else res.epochs_run
+        self.best_metric_ = res.best_metric if evaluate_fn is not None else None
+        self.epochs_run_ = res.epochs_run
+        self.train_seconds_ = res.seconds
+        self.n_train_targets_ = int(lens.sum())
+        net.eval()
+
+    def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Loss for hidden states ``h`` (N, d) and target ids ``tgt`` (N,)."""
+        W = self.net_.output_weight()  # (V + 1, d)
+        V = W.shape[0] - 1
+        if self.loss == "ce":
+            dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
+            return fused_linear_cross_entropy(h.float(), W, tgt, self.ce_chunk, dtype)
+        pos = (h * W[tgt]).sum(-1)  # (N,)
+        N = h.shape[0]
+        if self.loss == "bce":
+            neg_ids = torch.randint(1, V + 1, (N,))
+            neg = (h * W[neg_ids]).sum(-1)
+            return -(F.logsigmoid(pos) + F.logsigmoid(-neg)).mean()
+        k = self.n_negatives
+        if self.loss == "gbce":
+            neg_ids = torch.randint(1, V + 1, (N, k))
+            neg = torch.einsum("nd,nkd->nk", h, W[neg_ids])  # (N, k)
+            a = k / max(1, V - 1)
+            beta = a * (self.gbce_t * (1 - 1 / a) + 1 / a)
+            return -(beta * F.logsigmoid(pos) + F.logsigmoid(-neg).sum(-1)).mean() / (1 + k)
+        # sampled softmax with logQ correction, negatives shared by the batch
+        if self._neg_probs is None:
+            neg_ids = torch.randint(1, V + 1, (k,))
+            logq_neg = torch.full((k,), math.log(k / V))
+            logq_pos = torch.full((N,), math.log(k / V))
+        else:
+            neg_ids = torch.multinomial(self._neg_probs, k, replacement=True) + 1
+            lp = torch.log(self._neg_probs.float().clamp_min(1e-12) * k)
+            logq_neg, logq_pos = lp[neg_ids - 1], lp[tgt - 1]
+        neg = h @ W[neg_ids].T  # (N, k)
+        neg = neg - logq_neg[None, :]
+        neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))  # accidental hits
+        logits = torch.cat([(pos - logq_pos)[:, None], neg], dim=1).float()  # (N, 1 + k)
+        return F.cross_entropy(logits, torch.zeros(N, dtype=torch.long))
+
+    # ---- inference -------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Final hidden state of each history's last ``max_len`` items: ``(B, d)``."""
+        self._check_fitted()
+        self.net_.eval()
+        seq, lens = pad_right(histories, self.max_len)
+        h = self.net_(seq)  # (B, T, d)
+        return h[torch.arange(len(lens)), (lens - 1).clamp(min=0)]  # (B, d)
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
+        self._check_fitted()
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        h = self.encode(histories)  # (B, d)
+        s = (h @ self.net_.output_weight().T).float()  # (B, V + 1)
+        empty = torch.tensor([len(x) == 0 for x in histories])
+        if empty.any():  # no history: fall back to popularity
+            s[empty] = torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, dtype=np.float32)))
+        s[:, 0] = float("-inf")
+        return s
+
+    @torch.no_grad()
+    def attention_weights(self, histories: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-layer attention weights over each history's last ``max_len`` items.
+
+        Returns ``(weights, lengths)``: ``weights[l]`` is ``(B, H, T, T)`` for layer
+        ``l`` (query position x key position, right-padded: history ``b``
+        occupies positions ``0 .. lengths[b]-1``, oldest first); rows of real
+        positions sum to 1 over their (causal) keys.
+        """
+        self._check_fitted()
+        self.net_.eval()
+        seq, lens = pad_right([np.asarray(h, dtype=np.int64) for h in histories], self.max_len)
+        _, weights = self.net_(seq, need_weights=True)
+        return [w.float() for w in weights], lens
+
+    # ---- persistence -----------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.net_ = self._build(self.n_items_)
+        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.net_.eval()
+
+    def _extra_config(self) -> dict[str, Any]:
+        return {
+            "history": getattr(self, "history_", []),
+            "best_epoch": getattr(self, "best_epoch_", None),
+            "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
+            "epochs_run": getattr(self, "epochs_run_", None),
+        }
+
+    def _load_extra_config(self, extra: dict[str, Any]) -> None:
+        self.history_ = extra.get("history", [])
+        self.best_epoch_ = extra.get("best_epoch")
+        self.best_metric_ = extra.get("best_metric")
+        self.epochs_run_ = extra.get("epochs_run")
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)

@@ -1,0 +1,235 @@
+"""The one explicit training loop used by every neural model in attnrec.
+
+A model supplies three closures and a :class:`TrainConfig`:
+
+* ``batches(epoch, rng) -> iterable`` of training batches for one epoch (``rng``
+  is a ``numpy.random.Generator`` seeded from ``(seed, epoch)`` so an epoch's
+  batch order does not depend on whether training was resumed);
+* ``loss_fn(batch) -> scalar tensor`` (called with the module in train mode,
+  inside ``bf16`` autocast when asked);
+* ``evaluate() -> float`` (optional): the validation metric, higher is better
+  (e.g. NDCG@10 by full ranking via :func:`attnrec.evaluation.evaluate`).
+
+:func:`train` runs AdamW, evaluates every ``eval_every`` epochs, stops early
+after ``patience`` evaluations without improvement, restores the best weights,
+checkpoints to ``checkpoint_dir`` after every epoch and continues from there
+with ``resume=True``. Randomness is seeded per epoch (python, numpy, torch), so
+a resumed run reproduces an uninterrupted one. ``history`` holds one dict per
+epoch: ``{"epoch", "loss", "<metric>" (when evaluated), "seconds"}``.
+
+Library code only logs (logger ``attnrec.training``); the tqdm bar can be
+switched off with ``progress=False``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float | None = 5.0
+    patience: int | None = 10  # evaluations without improvement before stopping (None = never stop)
+    eval_every: int = 1
+    metric: str = "NDCG@10"
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    bf16: bool = False
+    compile: bool = False
+    num_threads: int | None = None
+    progress: bool = True
+    max_seconds: float | None = None  # wall-clock budget; stops after the epoch that exceeds it
+    desc: str = "train"
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0  # 1-based epoch whose weights were kept (0 = none evaluated)
+    best_metric: float = float("-inf")
+    epochs_run: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        if not math.isfinite(d["best_metric"]):
+            d["best_metric"] = None
+        return d
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy's legacy global generator and torch."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
+
+
+def train(
+    module: torch.nn.Module,
+    batches: Callable[[int, np.random.Generator], Iterable[Any]],
+    loss_fn: Callable[[Any], torch.Tensor],
+    config: TrainConfig,
+    evaluate: Callable[[], float] | None = None,
+    params: Iterable[torch.nn.Parameter] | None = None,
+) -> TrainResult:
+    """Train ``module`` in place; returns the :class:`TrainResult` (best weights restored)."""
+    cfg = config
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    seed_everything(cfg.seed)
+    params = list(module.parameters()) if params is None else list(params)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    step_loss = loss_fn
+    if cfg.compile:
+        step_loss = torch.compile(loss_fn)  # type: ignore[assignment]
+
+    result = TrainResult()
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_evals = 0
+    start_epoch = 1
+    ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_FILE if cfg.checkpoint_dir else None
+    if ckpt_path is not None and cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(ck["module"])
+        optimizer.load_state_dict(ck["optimizer"])
+        best_state = ck.get("best_state")
+        result.history = list(ck["history"])
+        result.best_epoch = int(ck["best_epoch"])
+        result.best_metric = float(ck["best_metric"])
+        bad_evals = int(ck["bad_evals"])
+        start_epoch = int(ck["epoch"]) + 1
+        result.epochs_run = int(ck["epoch"])
+        if ck.get("finished"):
+            start_epoch = cfg.epochs + 1
+        log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
+
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.bf16 else (lambda: nullcontext())
+    )
+    t_train = time.perf_counter()
+    pbar = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=cfg.desc, unit="epoch", leave=False)
+    finished = False
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            es = _epoch_seed(cfg.seed, epoch)
+            random.seed(es)
+            torch.manual_seed(es)
+            rng = np.random.default_rng(es)
+            module.train()
+            total, n = 0.0, 0
+            for batch in batches(epoch, rng):
+                with autocast():
+                    loss = step_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                total += float(loss.detach())
+                n += 1
+                if pbar is not None and n % 20 == 0:
+                    pbar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+            train_seconds = time.perf_counter() - t0
+            rec: dict[str, Any] = {"epoch": epoch, "loss": total / max(1, n), "seconds": train_seconds}
+            improved = False
+            if evaluate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                module.eval()
+                t_eval = time.perf_counter()
+                with torch.no_grad():
+                    value = float(evaluate())
+                rec[cfg.metric] = value
+                rec["eval_seconds"] = time.perf_counter() - t_eval
+                if value > result.best_metric:
+                    result.best_metric, result.best_epoch = value, epoch
+                    best_state = copy.deepcopy(module.state_dict())
+                    bad_evals = 0
+                    improved = True
+                else:
+                    bad_evals += 1
+            elif evaluate is None:
+                result.best_epoch = epoch
+            result.history.append(rec)
+            result.epochs_run = epoch
+            log.info(
+                "%s epoch %d loss %.4f %s %.1fs%s", cfg.desc, epoch, rec["loss"],
+                f"{cfg.metric} {rec[cfg.metric]:.4f}" if cfg.metric in rec else "", train_seconds,
+                " *" if improved else "",
+            )
+            if pbar is not None:
+                post = {"loss": f"{rec['loss']:.4f}"}
+                if result.best_epoch and math.isfinite(result.best_metric):
+                    post[f"best {cfg.metric}"] = f"{result.best_metric:.4f}"
+                pbar.set_postfix(post)
+                pbar.update(1)
+            stop = cfg.patience is not None and evaluate is not None and bad_evals >= cfg.patience
+            over_budget = cfg.max_seconds is not None and time.perf_counter() - t_train > cfg.max_seconds
+            finished = stop or over_budget or epoch == cfg.epochs
+            if ckpt_path is not None:
+                _save_checkpoint(ckpt_path, module, optimizer, result, best_state, bad_evals, epoch, finished)
+            if stop:
+                result.stopped_early = True
+                log.info("early stop at epoch %d; best epoch %d (%s %.4f)", epoch, result.best_epoch,
+                         cfg.metric, result.best_metric)
+                break
+            if over_budget:
+                log.warning("time budget of %.0fs reached after epoch %d", cfg.max_seconds, epoch)
+                break
+    finally:
+        if pbar is not None:
+            pbar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    result.seconds = time.perf_counter() - t_train
+    return result
+
+
+def _save_checkpoint(path: Path, module, optimizer, result: TrainResult, best_state, bad_evals: int,
+                     epoch: int, finished: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ck = {
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "best_metric": result.best_metric,
+        "bad_evals": bad_evals,
+        "epoch": epoch,
+        "finished": finished,
+    }
+    if best_state is not None:
+        ck["best_state"] = best_state
+    tmp = path.with_suffix(".tmp")
+    torch.save(ck, tmp)
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
