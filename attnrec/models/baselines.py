@@ -47,15 +47,6 @@ def histories_matrix(histories: Sequence[np.ndarray], n_columns: int) -> sp.csr_
     return m
 
 
-def to_torch_csr(m: sp.csr_matrix) -> torch.Tensor:
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(m.indptr.astype(np.int64)),
-        torch.from_numpy(m.indices.astype(np.int64)),
-        torch.from_numpy(m.data.astype(np.float32)),
-        size=m.shape,
-    )
-
-
 @register("pop")
 class MostPopular(Recommender):
     """Ranks items by their number of training interactions (ignores the history).
@@ -197,9 +188,9 @@ class EASE(Recommender):
 
     def score(self, histories, users=None) -> torch.Tensor:
         self._check_fitted()
-        X = to_torch_csr(histories_matrix(histories, self.n_items_ + 1))
+        X = histories_matrix(histories, self.n_items_ + 1)
         s = torch.empty(len(histories), self.n_items_ + 1)
-        s[:, 1:] = X @ self.weights_
+        s[:, 1:] = torch.from_numpy(X @ self.weights_.numpy())
         s[:, 0] = float("-inf")
         return s
 
