@@ -206,6 +206,10 @@ class Recommender:
             mask = exclusion_mask(hb, s.shape[1], exclude_history, eb)
             s = s.masked_fill(mask, float("-inf"))
             idx, vals = top_k(s, k)
+            if idx.shape[1] < k:  # asked for more than the catalogue holds
+                pad = k - idx.shape[1]
+                idx = torch.nn.functional.pad(idx, (0, pad), value=0)
+                vals = torch.nn.functional.pad(vals, (0, pad), value=float("-inf"))
             ids_out.append(idx.numpy())
             sc_out.append(vals.numpy())
         if not ids_out:
