@@ -1,0 +1,150 @@
+"""The app factory: ``create_app(settings)`` builds a FastAPI app; the lifespan loads the model once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+import attnrec
+from attnrec.serving.engine import BadRequest
+from attnrec.serving.metrics import Metrics
+from attnrec.serving.routers import admin, events, items, recommendations, users
+from attnrec.serving.service import RecService
+from attnrec.serving.settings import Settings
+
+log = logging.getLogger(__name__)
+
+VERSION_HEADER = b"x-model-version"
+
+
+class ObservabilityMiddleware:
+    """Pure ASGI (no per-request task like BaseHTTPMiddleware): metrics, model-version header
+    and a request body limit (413 before any parsing)."""
+
+    def __init__(self, app, service: RecService):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status_code = 500
+        limit = self.service.settings.max_body_bytes
+
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = True
+                if too_big:
+                    return await self._reject(scope, send, t0, limit)
+        # bodies without a length (chunked): count while reading, buffer at most `limit`
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        async def send_wrapper(message):
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                version = scope.get("attnrec.model_version")
+                if version is None and self.service.current is not None:
+                    version = self.service.current.version
+                if version is not None:
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (VERSION_HEADER, version.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_wrapper)
+        except _BodyTooLarge:
+            return await self._reject(scope, send, t0, limit)
+        finally:
+            self._observe(scope, status_code, t0)
+
+    async def _reject(self, scope, send, t0, limit):
+        body = JSONResponse({"detail": f"request body larger than {limit} bytes"},
+                            status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+        await body({"type": "http"}, _empty_receive, send)
+        self._observe(scope, 413, t0)
+
+    def _observe(self, scope, status_code: int, t0: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"  # templates, never raw ids
+        m = self.service.metrics
+        m.requests.labels(scope["method"], path, str(status_code)).inc()
+        m.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _empty_receive():
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; nothing is loaded until the lifespan starts."""
+    settings.check_secure()
+    service = RecService(settings, Metrics())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await asyncio.to_thread(service.start)
+        if settings.dev and not settings.write_key:
+            log.warning("development mode: write and delete endpoints accept requests without a key")
+        if settings.watch_model:
+            service._watch_task = asyncio.create_task(service.watch())
+        try:
+            yield
+        finally:
+            if service._watch_task is not None:
+                service._watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await service._watch_task
+            service.close()
+
+    app = FastAPI(
+        title="attnrec",
+        version=attnrec.__version__,
+        description="Real-time recommendations with live events and attention explanations. "
+        "Ids are raw strings; write endpoints need the X-API-Key header.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_request: Request, exc: BadRequest):
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError):
+        # FastAPI's default shape, plus a one-line summary a person can read
+        errors = exc.errors()
+        summary = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors[:5]
+        )
+        detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in errors]
+        return JSONResponse({"detail": detail, "message": summary},
+                            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    for r in (events.router, recommendations.router, items.router, users.router, admin.router):
+        app.include_router(r)
+    app.add_middleware(ObservabilityMiddleware, service=service)
+    return app

@@ -1,0 +1,51 @@
+"""Health, readiness, Prometheus metrics and the model lifecycle."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from attnrec.serving.deps import ServiceDep, WriteKey, snapshot
+from attnrec.serving.metrics import CONTENT_TYPE_LATEST
+from attnrec.serving.responses import FastJSON
+from attnrec.serving.schemas import Health, ModelInfo, Readiness, ReloadRequest, ReloadResult
+
+router = APIRouter(tags=["admin"])
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+async def health() -> FastJSON:
+    return FastJSON({"status": "ok"})
+
+
+@router.get("/ready", response_model=Readiness, summary="Readiness: model loaded and database reachable",
+            responses={503: {"model": Readiness}})
+async def ready(service: ServiceDep) -> FastJSON:
+    db = service.store is not None and await run_in_threadpool(service.store.ping)
+    snap = service.current
+    ok = db and snap is not None
+    return FastJSON({"ready": ok, "model_version": snap.version if snap else None, "database": db},
+                    status_code=200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(service: ServiceDep) -> Response:
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/admin/model", response_model=ModelInfo, summary="The model being served")
+async def model_info(request: Request, service: ServiceDep) -> FastJSON:
+    return FastJSON(snapshot(request, service).info())
+
+
+@router.post("/admin/reload", response_model=ReloadResult, dependencies=[WriteKey],
+             summary="Load a bundle (default: the current path again) and swap it in atomically")
+async def reload(request: Request, service: ServiceDep, body: ReloadRequest | None = None) -> FastJSON:
+    try:
+        old, new = await service.reload(body.path if body else None)
+    except Exception as e:  # noqa: BLE001 - any bundle problem is the caller's input
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"could not load the bundle ({type(e).__name__}: {e}); still serving "
+                            f"{service.snap.version}") from None
+    request.scope["attnrec.model_version"] = new
+    return FastJSON({"previous_version": old, "version": new, "changed": old != new})

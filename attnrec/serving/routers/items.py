@@ -1,0 +1,51 @@
+"""Catalogue lookups and similar items."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from attnrec.serving.deps import ServiceDep, check_limit, snapshot
+from attnrec.serving.responses import FastJSON
+from attnrec.serving.schemas import ItemOut, RawId, Recommendations, SimilarQuery
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+ItemPath = Annotated[RawId, Path(description="Raw item id")]
+
+
+@router.get("/{item}", response_model=ItemOut, summary="An item: catalogue entry and popularity")
+async def get_item(request: Request, item: ItemPath, service: ServiceDep) -> FastJSON:
+    snap = snapshot(request, service)
+    dense = snap.item_map.get(item)
+    info = snap.item_info(item)
+    if dense is None and info is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown item {item!r}")
+    return FastJSON({
+        "item": item, "known_to_model": dense is not None,
+        "name": info.name if info else None, "category": info.category if info else None,
+        "description": info.description if info else None,
+        "fit_interactions": int(snap.item_counts[dense]) if dense is not None else 0,
+    })
+
+
+@router.get("/{item}/similar", response_model=Recommendations,
+            summary="Items the model recommends to someone who just had this one")
+async def similar_items(request: Request, item: ItemPath, q: Annotated[SimilarQuery, Query()],
+                        service: ServiceDep) -> FastJSON:
+    check_limit("k", q.k, service.settings.max_k)
+    snap = snapshot(request, service)
+    dense = snap.item_map.get(item)
+    if dense is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item!r} is unknown to the model")
+    history = np.array([dense], dtype=np.int64)
+    kw = dict(k=q.k, exclude_seen=True, exclude=(), categories=q.categories,
+              exclude_categories=q.exclude_categories, explain=False)
+    if snap.inline:
+        out = service.recommend_history(snap, history, True, **kw)
+    else:
+        out = await run_in_threadpool(service.recommend_history, snap, history, True, **kw)
+    return FastJSON(out)

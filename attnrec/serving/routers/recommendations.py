@@ -1,0 +1,56 @@
+"""Recommendations for a user (stored + fit-time history) and for an anonymous session."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from starlette.concurrency import run_in_threadpool
+
+from attnrec.serving.deps import ServiceDep, check_limit, snapshot
+from attnrec.serving.responses import FastJSON
+from attnrec.serving.schemas import RawId, Recommendations, RecQuery, SessionRequest
+
+router = APIRouter(tags=["recommendations"])
+
+UserPath = Annotated[RawId, Path(description="Raw user id")]
+
+
+def _check(service, k: int, *lists: tuple[str, list]) -> None:
+    s = service.settings
+    check_limit("k", k, s.max_k)
+    for name, values in lists:
+        check_limit(f"length of {name}", len(values), s.max_history)
+
+
+@router.get("/users/{user}/recommendations", response_model=Recommendations,
+            summary="Top-k for a user: fit-time history plus live events")
+async def recommend_user(request: Request, user: UserPath, q: Annotated[RecQuery, Query()],
+                         service: ServiceDep) -> FastJSON:
+    _check(service, q.k, ("exclude", q.exclude))
+    snap = snapshot(request, service)
+    entry = service.cached_user(user)
+    if entry is None:
+        entry = await run_in_threadpool(service.load_user, user)
+    if snap.inline:
+        out = service.recommend_user(snap, user, entry, q)
+    else:
+        out = await run_in_threadpool(service.recommend_user, snap, user, entry, q)
+    return FastJSON(out)
+
+
+@router.post("/recommendations/session", response_model=Recommendations,
+             summary="Top-k for an anonymous session (a list of item ids)")
+async def recommend_session(request: Request, body: SessionRequest, service: ServiceDep) -> FastJSON:
+    _check(service, body.k, ("items", body.items), ("exclude", body.exclude))
+    snap = snapshot(request, service)
+    history, unknown = snap.encode_items(body.items)
+    kw = dict(k=body.k, exclude_seen=body.exclude_seen, exclude=body.exclude,
+              categories=body.categories, exclude_categories=body.exclude_categories,
+              explain=body.explain)
+    if snap.inline:
+        out = service.recommend_history(snap, history, True, **kw)
+    else:
+        out = await run_in_threadpool(service.recommend_history, snap, history, True, **kw)
+    out["unknown_items"] = unknown
+    return FastJSON(out)
