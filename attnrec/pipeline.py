@@ -88,14 +88,25 @@ def make_split(data: SequenceData, protocol: str = "loo", **kw: Any) -> Split:
 def fit_for_test(model: Recommender, split: Split) -> Recommender:
     """Fit so that ``split.test`` can be evaluated without leakage.
 
-    Models with a validation-driven procedure (early stopping) provide
-    ``fit_split(split)``: they choose what they need on ``split.valid`` and
-    then fit on ``split.train_full``. Others are fitted on ``split.train_full``
-    (every interaction before each test target) directly.
+    Models with validation-driven training (early stopping) expose
+    ``refit_params()``: they are first fitted on ``split.train`` with
+    ``split.valid`` choosing the stopping epoch, then refitted from scratch on
+    ``split.train_full`` (train + validation interactions) with the chosen
+    settings. The validation run's history is kept in ``model.validation_``.
+    Other models are fitted on ``split.train_full`` directly. Test targets are
+    never seen either way.
     """
-    fit_split = getattr(model, "fit_split", None)
-    if callable(fit_split):
-        return fit_split(split)
+    if callable(getattr(model, "refit_params", None)) and len(split.valid):
+        model.fit(split.train, valid=split.valid)
+        validation = {
+            "best_epoch": getattr(model, "best_epoch_", None),
+            "best_metric": getattr(model, "best_metric_", None),
+            "history": getattr(model, "history_", []),
+        }
+        model.set_params(**model.refit_params())
+        model.fit(split.train_full)
+        model.validation_ = validation
+        return model
     return model.fit(split.train_full)
 
 
