@@ -18,8 +18,14 @@ def split(small_synthetic):
 
 
 def _quick(name):
+    """The model with settings that fit in about a second (neural models: few epochs, small width)."""
     cls = get_model_class(name)
-    return cls().set_params(**getattr(cls, "smoke_params", {}))
+    params = dict(getattr(cls, "smoke_params", {}))
+    defaults = cls().get_params()
+    for key, value in {"epochs": 2, "d_model": 16, "progress": False}.items():
+        if key in defaults:
+            params.setdefault(key, value)
+    return cls().set_params(**params)
 
 
 @pytest.fixture(scope="module")
