@@ -189,7 +189,7 @@ def train(
     spec = _data_spec(path, fmt, user_col, item_col, time_col, rating_col, event_col, rating_threshold, min_user, min_item, dedupe)
     data = _load(spec)
     params = _guard(pipeline.parse_params, param, [model])
-    m = _guard(pipeline.build_model, model, params.get(model))
+    m = _guard(pipeline.build_model, model, params.get(model), progress=True)
     if holdout not in ("last", "none"):
         _fail(f"--holdout must be 'last' or 'none', got {holdout!r}")
     info = {"data": str(path), "holdout": holdout}
@@ -198,6 +198,8 @@ def train(
         s = _guard(pipeline.make_split, data, split)
         _guard(pipeline.fit_for_test, m, s)
         info["protocol"] = s.describe()
+        if getattr(m, "validation_", None):
+            info["validation"] = m.validation_
     else:
         _guard(m.fit, data)
     pipeline.save_bundle(m, out, metrics=metrics, info=info, items_file=items)
@@ -235,11 +237,12 @@ def evaluate(
     cutoffs = _guard(lambda: [int(k) for k in ks.split(",") if k.strip()])
     names = [m.strip() for m in models.split(",") if m.strip()]
     params = _guard(pipeline.parse_params, param, names)
-    built = {n: _guard(pipeline.build_model, n, params.get(n)) for n in names}
+    built = {n: _guard(pipeline.build_model, n, params.get(n), progress=True) for n in names}
     s = _guard(pipeline.make_split, data, split)
     runs = _guard(
         pipeline.evaluate_models, built, s, ks=cutoffs, exclude_history=not include_history, sampled_negatives=sampled,
         on_done=lambda r: err_console.print(f"[dim]{r.name}: fit {r.fit_seconds:.1f}s, evaluate {r.eval_seconds:.1f}s[/]"),
+        progress=sys.stderr.isatty(),
     )
     for b in bundle:
         from attnrec.evaluation import evaluate as _evaluate

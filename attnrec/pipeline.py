@@ -70,8 +70,13 @@ def parse_params(pairs: Iterable[str], models: Sequence[str] | None = None) -> d
     return out
 
 
-def build_model(name: str, params: dict[str, Any] | None = None) -> Recommender:
-    return get_model_class(name)().set_params(**(params or {}))
+def build_model(name: str, params: dict[str, Any] | None = None, progress: bool = False) -> Recommender:
+    """A model by registry name; ``progress`` turns on training progress bars where the model has them."""
+    model = get_model_class(name)()
+    params = dict(params or {})
+    if progress and "progress" in model.get_params():
+        params.setdefault("progress", True)
+    return model.set_params(**params)
 
 
 def make_split(data: SequenceData, protocol: str = "loo", **kw: Any) -> Split:
@@ -126,6 +131,7 @@ def evaluate_models(
     exclude_history: bool = True,
     sampled_negatives: int | None = None,
     on_done=None,
+    progress: bool = False,
 ) -> list[ModelRun]:
     """Fit each model for the test stage and evaluate it on ``split.test``."""
     runs = []
@@ -135,7 +141,8 @@ def evaluate_models(
         fit_for_test(model, split)
         t1 = time.perf_counter()
         result = evaluate(
-            model, split.test, ks=ks, exclude_history=exclude_history, sampled_negatives=sampled_negatives
+            model, split.test, ks=ks, exclude_history=exclude_history, sampled_negatives=sampled_negatives,
+            progress=progress,
         )
         t2 = time.perf_counter()
         run = ModelRun(name, model, result, t1 - t0, t2 - t1)
