@@ -38,25 +38,40 @@ class ObservabilityMiddleware:
         status_code = 500
         limit = self.service.settings.max_body_bytes
 
+        app_receive = receive
+        length = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
-                    too_big = int(value) > limit
+                    length = int(value)
                 except ValueError:
-                    too_big = True
-                if too_big:
+                    length = limit + 1
+        if length is not None and length > limit:
+            return await self._reject(scope, send, t0, limit)
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            # no length (chunked): buffer up to the limit before the app sees it, because
+            # FastAPI turns any error raised while it reads the body into a 400
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > limit:
                     return await self._reject(scope, send, t0, limit)
-        # bodies without a length (chunked): count while reading, buffer at most `limit`
-        received = 0
+                more = message.get("more_body", False)
+            body = b"".join(chunks)
+            replayed = False
 
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge()
-            return message
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await _wait_disconnect()
+
+            app_receive = replay
 
         async def send_wrapper(message):
             nonlocal status_code
@@ -71,9 +86,7 @@ class ObservabilityMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, send_wrapper)
-        except _BodyTooLarge:
-            return await self._reject(scope, send, t0, limit)
+            await self.app(scope, app_receive, send_wrapper)
         finally:
             self._observe(scope, status_code, t0)
 
@@ -91,8 +104,11 @@ class ObservabilityMiddleware:
         m.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
 
 
-class _BodyTooLarge(Exception):
-    pass
+async def _wait_disconnect():
+    import asyncio as _asyncio
+
+    await _asyncio.Event().wait()  # never set: the server cancels us on disconnect
+    return {"type": "http.disconnect"}
 
 
 async def _empty_receive():

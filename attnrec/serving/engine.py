@@ -245,11 +245,17 @@ class ModelSnapshot:
 
     def _explain_attention(self, history: np.ndarray, recs: np.ndarray) -> list[list[tuple[int, int, float]]]:
         if self._explain_fn is not None:
-            out = []
+            # weights depend on the candidate only for target-attention models
+            # (explain_weights); otherwise one pass serves every recommended item
+            per_item = hasattr(self.model, "explain_weights")
+            out, shared = [], None
             for item in recs:
-                triples = self._explain_fn(self.model, history, int(item))
-                triples = sorted(((int(p), int(i), float(w)) for p, i, w in triples), key=lambda t: -t[2])
-                out.append(triples[: self.explain_top])
+                if per_item or shared is None:
+                    triples = self._explain_fn(self.model, history, int(item))
+                    triples = sorted(((int(p), int(i), float(w)) for p, i, w in triples),
+                                     key=lambda t: -t[2])[: self.explain_top]
+                    shared = triples
+                out.append(shared)
             return out
         # last layer, last query position, averaged over heads: what the state that
         # scores every item attended to (the same for every recommended item)
