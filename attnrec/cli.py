@@ -217,6 +217,7 @@ def evaluate(
     include_history: bool = typer.Option(False, "--include-history", help="Do not exclude history items from the ranking (repeat-consumption domains)."),
     sampled: Optional[int] = typer.Option(None, "--sampled-negatives", help="SAMPLED metrics against N random negatives instead of full ranking (labelled as such)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with PNG charts to this directory."),
     fmt: str = FMT,
     user_col: Optional[str] = USER_COL,
     item_col: Optional[str] = ITEM_COL,
@@ -256,6 +257,11 @@ def evaluate(
     _print_table(runs)
     if json_out:
         json_out.write_text(json.dumps(pipeline.results_to_json(runs, protocol), indent=2, default=str))
+    if report:
+        from attnrec.report import write_report
+
+        path = _guard(write_report, report, runs, s, protocol=protocol, ks=cutoffs, exclude_history=not include_history)
+        console.print(f"report: {path}")
 
 
 TABLE_METRICS = ("HR@", "NDCG@", "MRR@10", "Recall@", "Coverage@10", "AvgPop@10")
