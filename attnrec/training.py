@@ -125,8 +125,9 @@ def train(
         bad_evals = int(ck["bad_evals"])
         start_epoch = int(ck["epoch"]) + 1
         result.epochs_run = int(ck["epoch"])
-        if ck.get("finished"):
+        if ck.get("finished"):  # it had stopped early
             start_epoch = cfg.epochs + 1
+            result.stopped_early = True
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
     autocast = (
@@ -138,7 +139,6 @@ def train(
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=cfg.desc, unit="epoch", leave=False)
-    finished = False
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -194,9 +194,8 @@ def train(
                 pbar.update(1)
             stop = cfg.patience is not None and evaluate is not None and bad_evals >= cfg.patience
             over_budget = cfg.max_seconds is not None and time.perf_counter() - t_train > cfg.max_seconds
-            finished = stop or over_budget or epoch == cfg.epochs
-            if ckpt_path is not None:
-                _save_checkpoint(ckpt_path, module, optimizer, result, best_state, bad_evals, epoch, finished)
+            if ckpt_path is not None:  # "finished" = stopped early: resuming must not train further
+                _save_checkpoint(ckpt_path, module, optimizer, result, best_state, bad_evals, epoch, stop)
             if stop:
                 result.stopped_early = True
                 log.info("early stop at epoch %d; best epoch %d (%s %.4f)", epoch, result.best_epoch,

@@ -39,7 +39,8 @@ def probe_set(n: int = 200, seed: int = 1) -> EvalSet:
     return EvalSet.from_lists(np.arange(n), hists, targets, name="probe")
 
 
-FAST = dict(d_model=32, n_heads=2, n_layers=2, max_len=20, dropout=0.1, batch_size=64, lr=5e-3, seed=0)
+FAST = dict(d_model=32, n_heads=2, n_layers=2, max_len=20, dropout=0.1, batch_size=64, lr=5e-3, seed=0,
+            num_threads=1)
 
 
 @pytest.fixture(scope="module")
