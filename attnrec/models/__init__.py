@@ -2,5 +2,6 @@
 
 from attnrec.models.base import Recommender, available_models, get_model_class
 from attnrec.models.baselines import EASE, ItemKNN, MostPopular
+from attnrec.models.sasrec import SASRec
 
-__all__ = ["Recommender", "available_models", "get_model_class", "MostPopular", "ItemKNN", "EASE"]
+__all__ = ["Recommender", "available_models", "get_model_class", "MostPopular", "ItemKNN", "EASE", "SASRec"]
