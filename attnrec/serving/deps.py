@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, get_origin
 
 from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from fastapi.security import APIKeyHeader
 
 from attnrec.serving.engine import ModelSnapshot
@@ -15,7 +17,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="Required by write and delete endpoints")
 
 
-def get_service(request: Request) -> RecService:
+async def get_service(request: Request) -> RecService:
     return request.app.state.service
 
 
@@ -29,7 +31,7 @@ def snapshot(request: Request, service: RecService) -> ModelSnapshot:
     return snap
 
 
-def require_write_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+async def require_write_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
     settings = request.app.state.service.settings
     expected = settings.write_key
     if expected is None:
@@ -50,3 +52,47 @@ def check_limit(name: str, value: int, limit: int) -> None:
     if value > limit:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"{name} is {value}, above the configured maximum of {limit}")
+
+
+def query_model(model_cls: type[BaseModel]):
+    """A dependency parsing the query string into ``model_cls`` (extra fields forbidden).
+
+    Same semantics as FastAPI's ``Annotated[Model, Query()]`` (repeated keys for
+    list fields, last value wins otherwise, errors as 422 under ``loc=("query", ...)``)
+    at a fraction of its per-request cost, which matters on the recommendation hot path.
+    Pair it with ``openapi_extra=query_openapi(model_cls)`` so the docs list the parameters.
+    """
+    list_fields = frozenset(
+        name for name, f in model_cls.model_fields.items() if get_origin(f.annotation) is list
+    )
+
+    async def parse(request: Request):
+        data: dict = {}
+        for key, value in request.query_params.multi_items():
+            if key in list_fields:
+                data.setdefault(key, []).append(value)
+            else:
+                data[key] = value
+        try:
+            return model_cls.model_validate(data)
+        except ValidationError as e:
+            raise RequestValidationError(
+                [{**err, "loc": ("query", *err["loc"])} for err in e.errors(include_url=False)]
+            ) from None
+
+    return parse
+
+
+def query_openapi(model_cls: type[BaseModel]) -> dict:
+    """OpenAPI ``parameters`` for a :func:`query_model` dependency."""
+    schema = model_cls.model_json_schema()
+    params = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", None)
+        prop.pop("title", None)
+        p = {"name": name, "in": "query", "required": name in schema.get("required", ()), "schema": prop}
+        if description:
+            p["description"] = description
+        params.append(p)
+    return {"parameters": params}

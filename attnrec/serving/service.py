@@ -65,6 +65,8 @@ class RecService:
         self.store: EventStore | None = None
         self._cache: OrderedDict[str, UserEntry] = OrderedDict()
         self._deleted: set[str] = set()
+        # users with at least one stored event: anyone else needs no database read
+        self._has_events: set[str] = set()
         self._lock = threading.Lock()
         self._reload_lock = asyncio.Lock()
         self._watch_task: asyncio.Task | None = None
@@ -75,6 +77,7 @@ class RecService:
         s = self.settings
         self.store = EventStore(s.resolved_database_url)
         self._deleted = self.store.deleted_digests()
+        self._has_events = self.store.users_with_events()
         self._install(load_snapshot(s.model_path, s.explain_top))
 
     def close(self) -> None:
@@ -139,6 +142,27 @@ class RecService:
                 pass
         return entry
 
+    def user_without_events(self, user: str) -> UserEntry | None:
+        """Entry for a user with no stored events, built without the database or the lock.
+
+        Safe against a concurrent ingest or deletion because both publish first
+        (``_has_events`` / ``_deleted``) and touch the cache second, while this
+        inserts first and re-checks second. None: the user has events (use ``load_user``).
+        """
+        if user in self._has_events:
+            return None
+        digest = user_digest(user)
+        entry = UserEntry((), digest in self._deleted)
+        self._cache[user] = entry
+        if user in self._has_events or (not entry.tombstoned and digest in self._deleted):
+            self._cache.pop(user, None)
+        elif len(self._cache) > self.settings.user_cache_size:
+            try:
+                self._cache.popitem(last=False)
+            except KeyError:
+                pass
+        return entry
+
     def load_user(self, user: str) -> UserEntry:
         """Cache entry of ``user``, reading the database on a miss (blocking)."""
         with self._lock:
@@ -171,6 +195,7 @@ class RecService:
             by_user: dict[str, list[str]] = {}
             for r in rows:
                 by_user.setdefault(r["user_id"], []).append(r["item_id"])
+            self._has_events.update(by_user)  # publish before touching the cache
             for user, items in by_user.items():
                 old = self._cache.get(user)
                 if old is not None:
@@ -198,7 +223,8 @@ class RecService:
             if not in_model and not has_events:
                 return None
             n = self.store.delete_user(user)
-            self._deleted.add(digest)
+            self._deleted.add(digest)  # publish before touching the cache
+            self._has_events.discard(user)
             self._cache.pop(user, None)  # drops the cached sequence and recommendations
             self.metrics.cached_users.set(len(self._cache))
         self.metrics.deleted_users.inc()

@@ -157,6 +157,10 @@ class EventStore:
                 conn.execute(insert(deleted_users), [{"user_hash": digest}])
         return int(n or 0)
 
+    def users_with_events(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {r[0] for r in conn.execute(select(events.c.user_id).distinct())}
+
     def deleted_digests(self) -> set[str]:
         with self.engine.connect() as conn:
             return {r[0] for r in conn.execute(select(deleted_users.c.user_hash))}

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, snapshot
+from attnrec.serving.deps import ServiceDep, check_limit, query_model, query_openapi, snapshot
 from attnrec.serving.responses import FastJSON
 from attnrec.serving.schemas import ItemOut, RawId, Recommendations, SimilarQuery
 
@@ -33,8 +33,10 @@ async def get_item(request: Request, item: ItemPath, service: ServiceDep) -> Fas
 
 
 @router.get("/{item}/similar", response_model=Recommendations,
+            openapi_extra=query_openapi(SimilarQuery),
             summary="Items the model recommends to someone who just had this one")
-async def similar_items(request: Request, item: ItemPath, q: Annotated[SimilarQuery, Query()],
+async def similar_items(request: Request, item: ItemPath,
+                        q: Annotated[SimilarQuery, Depends(query_model(SimilarQuery))],
                         service: ServiceDep) -> FastJSON:
     check_limit("k", q.k, service.settings.max_k)
     snap = snapshot(request, service)

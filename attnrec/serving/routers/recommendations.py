@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, snapshot
+from attnrec.serving.deps import ServiceDep, check_limit, query_model, query_openapi, snapshot
 from attnrec.serving.responses import FastJSON
 from attnrec.serving.schemas import RawId, Recommendations, RecQuery, SessionRequest
 
@@ -24,12 +24,14 @@ def _check(service, k: int, *lists: tuple[str, list]) -> None:
 
 
 @router.get("/users/{user}/recommendations", response_model=Recommendations,
+            openapi_extra=query_openapi(RecQuery),
             summary="Top-k for a user: fit-time history plus live events")
-async def recommend_user(request: Request, user: UserPath, q: Annotated[RecQuery, Query()],
+async def recommend_user(request: Request, user: UserPath,
+                         q: Annotated[RecQuery, Depends(query_model(RecQuery))],
                          service: ServiceDep) -> FastJSON:
     _check(service, q.k, ("exclude", q.exclude))
     snap = snapshot(request, service)
-    entry = service.cached_user(user)
+    entry = service.cached_user(user) or service.user_without_events(user)
     if entry is None:
         entry = await run_in_threadpool(service.load_user, user)
     if snap.inline:
