@@ -1,0 +1,428 @@
+"""BERT4Rec: bidirectional self-attention with a Cloze objective (Sun et al., CIKM 2019).
+
+Built on the shared attention core (:mod:`attnrec.models.attention`): the same
+:class:`TransformerBlock` as SASRec, but **without** the causal mask, so every
+position attends to every real (non-padding) item on both sides; padding is
+excluded with a key padding mask.
+
+Tokens: ``0`` padding, ``1..n_items`` items, ``n_items + 1`` the ``[MASK]``
+token (a row of the *input* embedding table only; the output layer scores items
+``0..n_items``, so the mask can never be recommended).
+
+Training (Cloze / masked item prediction, re-drawn every epoch):
+
+* each sequence is cut from the end into windows of at most ``max_len`` items;
+* every position is replaced by ``[MASK]`` with probability ``mask_prob`` (at
+  least one per window) and the model predicts the original items there;
+* with probability ``last_mask_prob`` a window is instead masked **only at its
+  last item**, exactly the inference situation (the original paper's extra
+  "mask the last item" samples), which closes the train/inference gap;
+* loss ``"ce"``: full softmax cross-entropy over the whole catalogue through the
+  fused chunked kernel (:func:`fused_linear_cross_entropy`: the
+  ``(N, n_items)`` logit matrix never exists in full); ``"sampled_softmax"``:
+  softmax over the target and ``n_negatives`` shared uniform negatives
+  (accidental hits masked).
+
+Inference: the last ``max_len - 1`` history items followed by one ``[MASK]``;
+the scores are the output layer applied to the mask position.
+
+Positions are counted **from the end** of the sequence (the last token has
+position 0, like the original left-padded implementation), so the appended
+mask always sits at the same position the last training item did, whatever
+the history length. Windows are right-padded and grouped by length into
+batches, so batches carry little padding.
+
+Output layer (as in BERT): hidden -> Linear -> GELU -> LayerNorm, then a dot
+product with the (tied) item embeddings plus a per-item output bias.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attnrec.data.dataset import EvalSet, SequenceData
+from attnrec.models.attention import AttentionConfig, TransformerBlock
+from attnrec.models.base import Recommender, register
+from attnrec.models.sasrec import fused_linear_cross_entropy
+from attnrec.training import TrainConfig, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("ce", "sampled_softmax")
+
+
+# --------------------------------------------------------------------------
+# modules
+# --------------------------------------------------------------------------
+class BERT4RecNet(nn.Module):
+    """Item + position embeddings -> bidirectional transformer blocks -> output head."""
+
+    def __init__(self, n_items: int, max_len: int, cfg: AttentionConfig, n_layers: int):
+        super().__init__()
+        d = cfg.d_model
+        self.n_items = n_items
+        self.mask_id = n_items + 1
+        self.max_len = max_len
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(n_items + 2, d, padding_idx=0)  # + [MASK]
+        self.pos_emb = nn.Embedding(max_len, d)  # position counted from the end
+        self.emb_ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(n_layers))
+        self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
+        # BERT's prediction head transform; output embeddings are tied to the input ones
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=cfg.layer_norm_eps))
+        self.out_bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    def output_weight(self) -> torch.Tensor:
+        """``(n_items + 1, d + 1)`` output item embeddings with the bias as last column (row 0 = padding)."""
+        W = self.item_emb.weight[: self.n_items + 1]  # (V + 1, d), the [MASK] row excluded
+        return torch.cat([W, self.out_bias[:, None]], dim=1)  # (V + 1, d + 1)
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``(N, d)`` -> output queries ``(N, d + 1)`` (last column 1 for the bias)."""
+        z = self.head(h)  # (N, d)
+        return torch.cat([z, torch.ones_like(z[:, :1])], dim=1)  # (N, d + 1)
+
+    def forward(self, seq: torch.Tensor, need_weights: bool = False):
+        """``seq`` (B, T) right-padded ids -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
+        B, T = seq.shape
+        pad = seq == 0  # (B, T) True = padding
+        lens = (~pad).sum(1, keepdim=True)  # (B, 1)
+        pos = (lens - 1 - torch.arange(T, device=seq.device)[None, :]).clamp(min=0)  # (B, T) from the end
+        x = self.item_emb(seq) + self.pos_emb(pos)  # (B, T, d)
+        x = self.emb_drop(self.emb_ln(x))
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d), bidirectional
+            weights.append(w)
+        x = self.ln_f(x)
+        return (x, weights) if need_weights else x
+
+
+# --------------------------------------------------------------------------
+# batching
+# --------------------------------------------------------------------------
+def cloze_windows(data: SequenceData, max_len: int, min_len: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` into ``data.items``: non-overlapping windows of at most ``max_len``
+    items cut from the end of each sequence (every item in exactly one window); windows
+    shorter than ``min_len`` (no context to predict from) are dropped."""
+    starts, lens = [], []
+    for u in range(data.n_users):
+        a, end = int(data.indptr[u]), int(data.indptr[u + 1])
+        while end - a >= min_len:
+            n = min(max_len, end - a)
+            starts.append(end - n)
+            lens.append(n)
+            end -= n
+    return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
+
+
+def cloze_mask(lens: np.ndarray, T: int, mask_prob: float, last_mask_prob: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """Bool ``(B, T)``: positions to mask in right-padded windows of lengths ``lens``.
+
+    Each real position with probability ``mask_prob``, at least one per window;
+    a window drawn with probability ``last_mask_prob`` is masked only at its last item.
+    """
+    B = len(lens)
+    real = np.arange(T)[None, :] < lens[:, None]  # (B, T)
+    m = (rng.random((B, T)) < mask_prob) & real
+    rows = np.arange(B)
+    empty = ~m.any(1)
+    m[rows[empty], rng.integers(0, lens[empty])] = True  # at least one target per window
+    last_only = rng.random(B) < last_mask_prob
+    m[last_only] = False
+    m[rows[last_only], lens[last_only] - 1] = True
+    return m
+
+
+def pad_right_with_mask(histories: Sequence[np.ndarray], max_len: int, mask_id: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last ``max_len - 1`` items of each history + ``[MASK]``, right-padded.
+
+    Returns ``(seq (B, T), lengths (B,))``; history ``b`` fills positions
+    ``0 .. lengths[b] - 1`` and its mask sits at position ``lengths[b]``.
+    """
+    keep = max_len - 1
+    lens = np.array([min(len(h), keep) for h in histories], dtype=np.int64)
+    T = int(lens.max()) + 1 if len(lens) else 1
+    seq = np.zeros((len(histories), T), dtype=np.int64)
+    for i, h in enumerate(histories):
+        if lens[i]:
+            seq[i, : lens[i]] = np.asarray(h[-lens[i]:], dtype=np.int64)
+        seq[i, lens[i]] = mask_id
+    return torch.from_numpy(seq), torch.from_numpy(lens)
+
+
+# --------------------------------------------------------------------------
+# the recommender
+# --------------------------------------------------------------------------
+@register("bert4rec")
+class BERT4Rec(Recommender):
+    """BERT4Rec (masked item prediction with a bidirectional transformer).
+
+    Training options (``epochs``, ``lr``, ... ``max_seconds``) go to
+    :func:`attnrec.training.train`. With ``fit(data, valid)`` training stops
+    early on validation ``NDCG@10`` and keeps the best epoch (``best_epoch_``);
+    :meth:`refit_params` gives the settings for the final refit on train+valid
+    (used by :func:`attnrec.pipeline.fit_for_test`).
+    """
+
+    sequential = True
+    #: hyperparameters that make ``fit`` take about a second on tiny data (conformance tests)
+    smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=2, n_layers=1, max_len=20,
+                                                  epochs=2, batch_size=64)
+
+    def __init__(
+        self,
+        d_model: int = 64,
+        n_layers: int = 2,
+        n_heads: int = 2,
+        max_len: int = 50,
+        dropout: float = 0.3,
+        attn_dropout: float | None = None,
+        pre_ln: bool = True,
+        mask_prob: float = 0.3,
+        last_mask_prob: float = 0.1,
+        loss: str = "ce",
+        n_negatives: int = 256,
+        epochs: int = 200,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        patience: int = 10,
+        eval_every: int = 1,
+        seed: int = 0,
+        bf16: bool = False,
+        compile: bool = False,
+        num_threads: int | None = None,
+        checkpoint_dir: str | None = None,
+        resume: bool = False,
+        progress: bool = False,
+        max_seconds: float | None = None,
+        ce_chunk: int = 256,
+    ):
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.max_len = max_len
+        self.dropout = dropout
+        self.attn_dropout = attn_dropout
+        self.pre_ln = pre_ln
+        self.mask_prob = mask_prob
+        self.last_mask_prob = last_mask_prob
+        self.loss = loss
+        self.n_negatives = n_negatives
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.eval_every = eval_every
+        self.seed = seed
+        self.bf16 = bf16
+        self.compile = compile
+        self.num_threads = num_threads
+        self.checkpoint_dir = checkpoint_dir
+        self.resume = resume
+        self.progress = progress
+        self.max_seconds = max_seconds
+        self.ce_chunk = ce_chunk
+
+    # ---- construction ----------------------------------------------------
+    def _attention_config(self) -> AttentionConfig:
+        return AttentionConfig(
+            d_model=self.d_model, n_heads=self.n_heads, dropout=self.dropout,
+            attn_dropout=self.attn_dropout, pre_ln=self.pre_ln,
+        )
+
+    def _build(self, n_items: int) -> BERT4RecNet:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.max_len < 2:
+            raise ValueError(f"max_len must be >= 2 (history + [MASK]), got {self.max_len}")
+        if not 0.0 < self.mask_prob <= 1.0 or not 0.0 <= self.last_mask_prob <= 1.0:
+            raise ValueError("mask_prob must be in (0, 1] and last_mask_prob in [0, 1]")
+        return BERT4RecNet(n_items, self.max_len, self._attention_config(), self.n_layers)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
+            eval_every=self.eval_every, metric="NDCG@10", seed=self.seed,
+            checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=self.bf16,
+            compile=self.compile, num_threads=self.num_threads, progress=self.progress,
+            max_seconds=self.max_seconds, desc=self.model_name,
+        )
+
+    def refit_params(self) -> dict[str, Any]:
+        """Parameters for the final refit on train+valid: the best epoch count, no early stopping."""
+        self._check_fitted()
+        return {"epochs": max(1, int(self.best_epoch_)), "patience": None}
+
+    # ---- fitting ---------------------------------------------------------
+    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+        torch.manual_seed(self.seed)
+        self.net_ = self._build(data.n_items)
+        starts, lens = cloze_windows(data, self.max_len)
+        if len(starts) == 0:
+            raise ValueError("no training windows: every sequence has fewer than 2 items")
+        net, bs, mask_id = self.net_, self.batch_size, self.net_.mask_id
+
+        def batches(epoch: int, rng: np.random.Generator):
+            # shuffle, then sort by length inside groups of 64 batches: little padding, random order
+            perm = rng.permutation(len(starts))
+            group = bs * 64
+            order = np.concatenate([
+                perm[g : g + group][np.argsort(lens[perm[g : g + group]], kind="stable")]
+                for g in range(0, len(perm), group)
+            ])
+            chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
+            for j in rng.permutation(len(chunks)):
+                s, n = starts[chunks[j]], lens[chunks[j]]
+                T = int(n.max())
+                real = np.arange(T)[None, :] < n[:, None]  # (B, T)
+                seq = np.where(real, data.items[np.where(real, s[:, None] + np.arange(T), 0)], 0)
+                m = cloze_mask(n, T, self.mask_prob, self.last_mask_prob, rng)  # (B, T)
+                inp = np.where(m, mask_id, seq)
+                yield torch.from_numpy(inp), torch.from_numpy(seq), torch.from_numpy(m)
+
+        def loss_fn(batch) -> torch.Tensor:
+            inp, seq, m = batch
+            h = net(inp)  # (B, T, d)
+            return self._loss(net.project(h[m]), seq[m])  # (N, d + 1), (N,)
+
+        evaluate_fn = None
+        if valid is not None and len(valid):
+            from attnrec.evaluation import evaluate
+
+            def evaluate_fn() -> float:
+                return evaluate(self, valid, ks=(10,))["NDCG@10"]
+
+        cfg = self.train_config()
+        if valid is None:
+            cfg.patience = None
+        res: TrainResult = train(net, batches, loss_fn, cfg, evaluate_fn)
+        self.history_ = res.history
+        self.best_epoch_ = res.best_epoch if evaluate_fn is not None else res.epochs_run
+        self.best_metric_ = res.best_metric if evaluate_fn is not None else None
+        self.epochs_run_ = res.epochs_run
+        self.train_seconds_ = res.seconds
+        net.eval()
+
+    def _loss(self, z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        """Loss for output queries ``z`` (N, d + 1) and target ids ``tgt`` (N,)."""
+        W = self.net_.output_weight()  # (V + 1, d + 1)
+        if self.loss == "ce":
+            dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
+            return fused_linear_cross_entropy(z.float(), W, tgt, self.ce_chunk, dtype)
+        V, N = W.shape[0] - 1, z.shape[0]
+        neg_ids = torch.randint(1, V + 1, (self.n_negatives,))  # shared uniform negatives
+        pos = (z * W[tgt]).sum(-1, keepdim=True)  # (N, 1)
+        neg = z @ W[neg_ids].T  # (N, k)
+        neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))  # accidental hits
+        logits = torch.cat([pos, neg], dim=1).float()  # (N, 1 + k)
+        return F.cross_entropy(logits, torch.zeros(N, dtype=torch.long))
+
+    # ---- inference -------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, histories: Sequence[np.ndarray]) -> torch.Tensor:
+        """Output query at the appended ``[MASK]``: ``(B, d + 1)`` (scores = ``encode @ W.T``)."""
+        self._check_fitted()
+        self.net_.eval()
+        seq, lens = pad_right_with_mask(histories, self.max_len, self.net_.mask_id)
+        h = self.net_(seq)  # (B, T, d)
+        return self.net_.project(h[torch.arange(len(lens)), lens])  # (B, d + 1)
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
+        self._check_fitted()
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        z = self.encode(histories)  # (B, d + 1)
+        s = (z @ self.net_.output_weight().T).float()  # (B, V + 1): [MASK] has no column
+        empty = torch.tensor([len(x) == 0 for x in histories])
+        if empty.any():  # no history: fall back to popularity
+            s[empty] = torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, dtype=np.float32)))
+        s[:, 0] = float("-inf")
+        return s
+
+    @torch.no_grad()
+    def attention_weights(self, histories: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per-layer attention weights over each history's last ``max_len - 1`` items and the mask.
+
+        Returns ``(weights, lengths)``: ``weights[l]`` is ``(B, H, T, T)`` for layer
+        ``l`` (query x key position, right-padded): history ``b`` occupies positions
+        ``0 .. lengths[b] - 1`` (oldest first) and its appended ``[MASK]`` sits at
+        position ``lengths[b]``; that row is the explanation of the scores. Rows of
+        real positions sum to 1 over the ``lengths[b] + 1`` real keys (both directions).
+        """
+        self._check_fitted()
+        self.net_.eval()
+        seq, lens = pad_right_with_mask([np.asarray(h, dtype=np.int64) for h in histories],
+                                        self.max_len, self.net_.mask_id)
+        _, weights = self.net_(seq, need_weights=True)
+        return [w.float() for w in weights], lens
+
+    def explain_weights(self, history: np.ndarray, item: int | None = None) -> np.ndarray:
+        """Attention rollout from the ``[MASK]`` position onto the visible history items.
+
+        Weights (summing to 1) over the last ``len`` history items the model sees;
+        the same for every candidate ``item`` (used by :func:`attnrec.explain.explain`).
+        """
+        weights, lens = self.attention_weights([np.asarray(history, dtype=np.int64)])
+        n = int(lens[0])
+        if n == 0:
+            return np.zeros(0)
+        R = torch.eye(n + 1)
+        for W in weights:
+            A = 0.5 * W[0, :, : n + 1, : n + 1].mean(0) + 0.5 * torch.eye(n + 1)  # (n+1, n+1)
+            R = (A / A.sum(-1, keepdim=True)) @ R
+        row = R[n, :n]  # mask row, history keys only
+        return (row / row.sum()).double().numpy()
+
+    # ---- persistence -----------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.net_ = self._build(self.n_items_)
+        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.net_.eval()
+
+    def _extra_config(self) -> dict[str, Any]:
+        return {
+            "history": getattr(self, "history_", []),
+            "best_epoch": getattr(self, "best_epoch_", None),
+            "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
+            "epochs_run": getattr(self, "epochs_run_", None),
+        }
+
+    def _load_extra_config(self, extra: dict[str, Any]) -> None:
+        self.history_ = extra.get("history", [])
+        self.best_epoch_ = extra.get("best_epoch")
+        self.best_metric_ = extra.get("best_metric")
+        self.epochs_run_ = extra.get("epochs_run")
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else float(x)
