@@ -2,6 +2,7 @@
 
 from attnrec.models.base import Recommender, available_models, get_model_class
 from attnrec.models.baselines import EASE, ItemKNN, MostPopular
+from attnrec.models.bert4rec import BERT4Rec
 from attnrec.models.sasrec import SASRec
 
-__all__ = ["Recommender", "available_models", "get_model_class", "MostPopular", "ItemKNN", "EASE", "SASRec"]
+__all__ = ["Recommender", "available_models", "get_model_class", "MostPopular", "ItemKNN", "EASE", "SASRec", "BERT4Rec"]
