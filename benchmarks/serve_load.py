@@ -47,6 +47,22 @@ run(Path(sys.argv[1]), db=sys.argv[2] or None, port=int(sys.argv[3]), data_dir=P
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux), to report server CPU per request."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def loadavg() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError):
+        return float("nan")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -212,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(rec_load(port, users, 4, args.warmup, 10**9, args.k, True, "raw"))
             for explain in [e == "on" for e in args.explain.split(",")]:
                 for clients in [int(c) for c in args.clients.split(",")]:
+                    cpu0 = cpu_seconds(proc.pid)
                     r = asyncio.run(rec_load(port, users, clients, args.duration, args.max_requests,
                                              args.k, explain, args.client))
+                    r["server_cpu_ms_per_req"] = round((cpu_seconds(proc.pid) - cpu0) * 1000 / max(1, r["requests"]), 3)
+                    r["loadavg"] = loadavg()
                     results["recommend"].append(r)
                     print(json.dumps(r), flush=True)
             if args.ingest_events:
@@ -228,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
     print()
-    print("| clients | explain | requests | p50 ms | p95 ms | p99 ms | req/s | errors |")
-    print("|---:|:---:|---:|---:|---:|---:|---:|---:|")
+    print("| clients | explain | requests | p50 ms | p95 ms | p99 ms | req/s | errors | server CPU ms/req | load avg |")
+    print("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["recommend"]:
         print(f"| {r['clients']} | {'on' if r['explain'] else 'off'} | {r['requests']} | {r['p50_ms']} | "
-              f"{r['p95_ms']} | {r['p99_ms']} | {r['rps']} | {r['errors']} |")
+              f"{r['p95_ms']} | {r['p99_ms']} | {r['rps']} | {r['errors']} | {r['server_cpu_ms_per_req']} | "
+              f"{r['loadavg']} |")
     if results["ingest"]:
         i = results["ingest"]
         print(f"\ningest: {i['events']} events in batches of {i['batch']} from {i['clients']} clients: "

@@ -283,17 +283,14 @@ class ModelSnapshot:
 
 
 def _top_contributions(C: np.ndarray, uniq: np.ndarray, pos: np.ndarray, top: int):
-    out = []
-    for j in range(C.shape[1]):
-        col = C[:, j]
-        total = float(np.abs(col).sum())
-        if total <= 0:
-            out.append([])
-            continue
-        w = col / total
-        order = np.argsort(-w, kind="stable")[:top]
-        out.append([(int(pos[i]), int(uniq[i]), float(w[i])) for i in order if w[i] != 0])
-    return out
+    """Columns of ``C`` (history item x recommended item) -> strongest normalised shares."""
+    total = np.abs(C).sum(axis=0, keepdims=True)
+    W = np.divide(C, total, out=np.zeros_like(C), where=total > 0)
+    order = np.argsort(-W, axis=0, kind="stable")[:top]  # (top, k)
+    w_top = np.take_along_axis(W, order, axis=0)
+    pos_l, item_l, w_l = pos[order].tolist(), uniq[order].tolist(), w_top.tolist()
+    return [[(pos_l[r][j], item_l[r][j], w_l[r][j]) for r in range(len(order)) if w_l[r][j] != 0]
+            for j in range(C.shape[1])]
 
 
 def _json_safe(obj: Any) -> Any:

@@ -29,6 +29,9 @@ def run(model: Path, db: str | None = None, host: str = "127.0.0.1", port: int =
         raise ValueError("attnrec serve runs one worker per process (workers=1)")
     settings = load_settings(settings_file, model_path=model, database_url=db, host=host, port=port,
                              data_dir=data_dir, dev=dev or None)
+    if not (settings.model_path / "config.json").is_file():
+        # fail here with one line, not with a traceback from inside the lifespan
+        raise FileNotFoundError(f"{settings.model_path} is not a model bundle (no config.json)")
     app = create_app(settings)  # refuses to start with open write endpoints
     # one request at a time per core is the fastest on small CPUs; intra-op threads only contend
     torch.set_num_threads(1)

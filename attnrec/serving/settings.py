@@ -26,7 +26,7 @@ from pydantic_settings import (
 SETTINGS_FILE_ENV = "ATTNREC_SETTINGS_FILE"
 
 
-class InsecureConfiguration(RuntimeError):
+class InsecureConfiguration(ValueError):
     """Write endpoints would be reachable without an API key outside development."""
 
 

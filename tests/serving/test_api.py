@@ -259,3 +259,32 @@ def test_health_ready_metrics(client):
     assert "attnrec_http_request_duration_seconds_bucket" in text
     assert client.get("/docs").status_code == 200
     assert client.get("/admin/model").json()["version"] == version
+
+
+def test_explain_itemknn_similarities(make_client, shop_data, bundles_dir, catalogue_csv, sqlite_url):
+    from attnrec.models import ItemKNN
+
+    from .conftest import _save
+
+    model = ItemKNN(k_neighbors=30).fit(shop_data)
+    c = make_client(_save(model, bundles_dir / "knn", catalogue_csv), sqlite_url)
+    u = 6
+    body = recs(c, shop_data.user_map.to_raw(u), k=5, explain="true")
+    ids, _ = model.recommend([shop_data.sequence(u)], k=5)
+    assert [it.item for it in body.items] == shop_data.item_map.decode(ids[0])
+    S = model.similarity_
+    hist = np.unique(shop_data.sequence(u))
+    for it in body.items:
+        j = shop_data.item_map.to_dense(it.item)
+        contrib = np.asarray(S[hist, j].todense()).ravel()
+        assert it.explanation.method == "item-item weights"
+        top = it.explanation.because[0]
+        assert shop_data.item_map.to_dense(top.item) == hist[np.argmax(contrib)]
+        assert top.weight == pytest.approx(contrib.max() / np.abs(contrib).sum(), rel=1e-4)
+
+
+def test_popularity_model_is_labelled(make_client, pop_bundle, sqlite_url, shop_data):
+    c = make_client(pop_bundle, sqlite_url)
+    body = recs(c, shop_data.user_map.to_raw(0), k=3, explain="true")
+    assert body.source == "model"
+    assert all(it.explanation.method == "popularity" and it.explanation.because == [] for it in body.items)
