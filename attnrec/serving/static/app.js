@@ -179,12 +179,23 @@
   }
 
   // ---- loading a user or session --------------------------------------------------------------
+  async function loadDemoUser() {
+    // a first-time visitor sees a real user straight away: the first one the model knows
+    try {
+      const res = await api("GET", "/explorer/users?limit=1");
+      if (res.users.length && !state.user && state.mode === "user") await loadUser(res.users[0].user);
+    } catch (_) { /* the user list shows its own error */ }
+  }
+
   async function loadUser(user, { keepPrev = false } = {}) {
     user = user.trim();
     if (!user) return;
     state.mode = "user";
     state.user = user;
     $("user-input").value = user;
+    const url = new URL(window.location.href);
+    url.searchParams.set("user", user);
+    window.history.replaceState(null, "", url);
     for (const b of document.querySelectorAll("#user-list button")) {
       b.setAttribute("aria-current", b.dataset.user === user ? "true" : "false");
     }
@@ -289,7 +300,7 @@
     const source = out.source === "model"
       ? "Ranked by the model"
       : "Popular items (the model has no history to work from for this user yet)";
-    let text = `${source}; model ${out.model_version}.`;
+    let text = `${source}.`;
     if (prev) {
       text += fresh.length
         ? ` The event changed the list: ${fresh.length} new item${fresh.length === 1 ? "" : "s"}.`
@@ -348,7 +359,7 @@
       const why = ex && ex.method === "popularity" ? "it is popular" : "no history item stands out";
       return el("p", { class: "help", text: `Recommended because ${why}.` });
     }
-    const method = ex.method === "attention" ? "attention the model paid to each item you had"
+    const method = ex.method === "attention" ? "the model's attention, all layers combined"
       : ex.method === "item-item weights" ? "learned item-to-item weights" : ex.method;
     const max = Math.max(...ex.because.map((b) => Math.abs(b.weight)), 1e-9);
     const list = el("ol", { class: "bars" });
@@ -356,12 +367,13 @@
       const bar = el("span", { class: "bar" });
       bar.style.width = `${Math.max(2, (Math.abs(b.weight) / max) * 100)}%`;
       list.append(el("li", {},
-        el("span", { class: "bar-label" }, `because you viewed `, el("strong", { text: b.name || b.item }),
-          el("span", { class: "pos-ref", text: ` #${b.position}` })),
+        el("span", { class: "bar-label", title: `${b.name || b.item} (${b.item}, #${b.position})` },
+          el("span", { class: "pos-ref", text: `#${b.position} ` }), b.name || b.item),
         el("span", { class: "bar-track" }, bar),
         el("span", { class: "bar-value", text: pct(b.weight) })));
     }
-    return el("div", {}, el("p", { class: "help", text: `History items ranked by ${method}:` }), list);
+    return el("div", {}, el("p", { class: "why-intro" }, el("strong", { text: "Because you viewed" }),
+      ` (history items ranked by ${method}):`), list);
   }
 
   // ---- events ---------------------------------------------------------------------------------
@@ -461,7 +473,7 @@
     if (!att || !m || !att.length) return drawEmpty("No history yet.");
     const c = $("heatmap");
     const L = att.length;
-    const css = Math.min(520, c.parentElement.clientWidth || 520);
+    const css = Math.min(420, c.parentElement.clientWidth || 420);
     const dpr = window.devicePixelRatio || 1;
     const margin = 34;
     const cell = Math.max(2, Math.floor((css - margin) / L));
@@ -565,6 +577,7 @@
     $("user-form").addEventListener("submit", (e) => { e.preventDefault(); loadUser($("user-input").value); });
     $("session-form").addEventListener("submit", (e) => { e.preventDefault(); loadSession(); });
     $("item-input").addEventListener("input", (e) => searchItems(e.target.value));
+    $("key-row").addEventListener("submit", (e) => e.preventDefault());
     $("item-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const first = $("item-list").querySelector("button");
@@ -599,6 +612,7 @@
     searchUsers("");
     const fromUrl = new URLSearchParams(window.location.search).get("user");
     if (fromUrl) loadUser(fromUrl);
+    else loadDemoUser();
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
