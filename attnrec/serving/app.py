@@ -92,8 +92,10 @@ class ObservabilityMiddleware:
             self._observe(scope, status_code, t0)
 
     async def _reject(self, scope, send, t0, limit):
+        snap = self.service.current
         body = JSONResponse({"detail": f"request body larger than {limit} bytes"},
-                            status_code=status.HTTP_413_CONTENT_TOO_LARGE)
+                            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                            headers={"x-model-version": snap.version} if snap else None)
         await body({"type": "http"}, _empty_receive, send)
         self._observe(scope, 413, t0)
 

@@ -77,6 +77,7 @@ def test_bad_requests_are_clear_4xx(make_client, ease_bundle, sqlite_url, method
     kw.setdefault("headers", {}).update(AUTH)
     r = getattr(c, method)(path, **kw)
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert r.headers["x-model-version"].startswith("ease-")
     assert needle in r.text, r.text
     assert c.get("/ready").status_code == 200  # and the service is fine
 
@@ -86,6 +87,7 @@ def test_oversized_body_is_413(make_client, ease_bundle, sqlite_url):
     big = {"events": [{"user": "u" * 200, "item": "i1"}] * 100}
     r = c.post("/events/batch", json=big, headers=AUTH)
     assert r.status_code == 413 and "4096" in r.json()["detail"]
+    assert r.headers["x-model-version"].startswith("ease-")
 
     def chunks():  # no content-length: counted while streaming
         for _ in range(10):
