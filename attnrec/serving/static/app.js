@@ -10,7 +10,7 @@
     seq: null,             // last /attention payload
     recs: [],              // last recommendation items
     prevIds: null,         // item ids of the list before the last event (to mark what changed)
-    layer: 0,
+    layer: "rollout",      // "rollout" (all layers, as the explanations) or a layer index
     head: "mean",
     cursor: null,          // [query, key] cell under the keyboard cursor
     card: null,
@@ -70,7 +70,7 @@
   }
 
   function itemLabel(it) { return it.name || it.item; }
-  function pct(w) { return `${Math.round(w * 1000) / 10}%`; }
+  function pct(w) { return `${(w * 100).toFixed(1)}%`; }
 
   // ---- model card -----------------------------------------------------------------------------
   async function loadCard() {
@@ -431,10 +431,13 @@
       return;
     }
     layerSel.disabled = headSel.disabled = false;
-    state.layer = Math.min(state.layer, att.n_layers - 1);
+    if (state.layer !== "rollout") state.layer = Math.min(state.layer, att.n_layers - 1);
     if (state.head !== "mean" && Number(state.head) >= att.n_heads) state.head = "mean";
-    layerSel.replaceChildren(...Array.from({ length: att.n_layers }, (_, l) =>
-      el("option", { value: String(l), selected: l === state.layer, text: `${l + 1} of ${att.n_layers}` })));
+    layerSel.replaceChildren(
+      el("option", { value: "rollout", selected: state.layer === "rollout", text: "all (rollout)" }),
+      ...Array.from({ length: att.n_layers }, (_, l) =>
+        el("option", { value: String(l), selected: l === state.layer, text: `${l + 1} of ${att.n_layers}` })));
+    headSel.disabled = state.layer === "rollout";
     headSel.replaceChildren(
       el("option", { value: "mean", selected: state.head === "mean", text: "mean of heads" }),
       ...Array.from({ length: att.n_heads }, (_, h) =>
@@ -443,15 +446,36 @@
     drawHeatmap();
   }
 
-  function currentMatrix() {
-    const att = state.seq && state.seq.attention;
-    if (!att) return null;
-    const heads = att.layers[state.layer];
-    if (state.head !== "mean") return heads[Number(state.head)];
-    const L = att.length;
+  function meanOfHeads(heads, L) {
     const m = Array.from({ length: L }, () => new Array(L).fill(0));
     for (const h of heads) for (let q = 0; q < L; q++) for (let k = 0; k < L; k++) m[q][k] += h[q][k] / heads.length;
     return m;
+  }
+
+  // Attention rollout (Abnar & Zuidema 2020), as attnrec.explain computes the explanations:
+  // per layer A = 0.5 * mean over heads + 0.5 * I (rows renormalised), R = A_L ... A_1.
+  function rollout(att) {
+    const L = att.length;
+    let R = Array.from({ length: L }, (_, q) => Array.from({ length: L }, (_, k) => (q === k ? 1 : 0)));
+    for (const heads of att.layers) {
+      const W = meanOfHeads(heads, L);
+      const A = W.map((row, q) => {
+        const r = row.map((w, k) => 0.5 * w + (q === k ? 0.5 : 0));
+        const sum = r.reduce((a, b) => a + b, 0) || 1;
+        return r.map((x) => x / sum);
+      });
+      R = A.map((row) => Array.from({ length: L }, (_, k) => row.reduce((acc, a, j) => acc + a * R[j][k], 0)));
+    }
+    return R;
+  }
+
+  function currentMatrix() {
+    const att = state.seq && state.seq.attention;
+    if (!att) return null;
+    if (state.layer === "rollout") return rollout(att);
+    const heads = att.layers[state.layer];
+    if (state.head !== "mean") return heads[Number(state.head)];
+    return meanOfHeads(heads, att.length);
   }
 
   function drawEmpty(text) {
@@ -515,7 +539,9 @@
     }
     $("legend-max").textContent = vmax.toFixed(2);
     const headText = state.head === "mean" ? "mean of heads" : `head ${Number(state.head) + 1}`;
-    c.setAttribute("aria-label", `Attention heatmap, layer ${state.layer + 1}, ${headText}, ` +
+    const view = state.layer === "rollout" ? "all layers combined (rollout, as the explanations)"
+      : `layer ${state.layer + 1}, ${headText}`;
+    c.setAttribute("aria-label", `Attention heatmap, ${view}, ` +
       `${L} positions from #${att.offset} to #${att.offset + L - 1}. ${summariseLastRow(m)}`);
     readCursor();
   }
@@ -587,7 +613,11 @@
       state.prevIds = null;
       if (state.mode === "user" ? state.user : true) refresh();
     });
-    $("layer-select").addEventListener("change", (e) => { state.layer = Number(e.target.value); drawHeatmap(); });
+    $("layer-select").addEventListener("change", (e) => {
+      state.layer = e.target.value === "rollout" ? "rollout" : Number(e.target.value);
+      $("head-select").disabled = state.layer === "rollout";
+      drawHeatmap();
+    });
     $("head-select").addEventListener("change", (e) => { state.head = e.target.value; drawHeatmap(); });
     const c = $("heatmap");
     c.addEventListener("mousemove", (e) => {
