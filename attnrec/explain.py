@@ -15,15 +15,20 @@ What the weights are (``method``):
 
 Rollout is the default because the score of every candidate in SASRec is
 ``h_final . e_item`` and ``h_final`` depends on the input items through *all*
-layers; on the planted-rule data and on Beauty, removing the top-rollout item
-changes the score more often than removing the top last-layer item (see
-:func:`faithfulness`). In SASRec the hidden state does not depend on the
-candidate, so the weights are the same for every ``item`` (the argument is
-kept because target-attention models such as DIN do condition on it: a model
+layers. Measured with :func:`faithfulness` on a 2-layer SASRec trained on
+planted-rule data (300 training sequences): removing the top-rollout item
+lowered the top recommendation's score more than removing a random item in 79%
+of cases, against 57% for the last layer alone (both 73% on probes where the
+trigger is the second-to-last item). In SASRec the hidden state does not
+depend on the candidate, so the weights are the same for every ``item`` (the
+argument is kept because target-attention models such as DIN do condition on
+it: a model
 may implement ``explain_weights(history, item)`` and it is used instead).
 
 Weights are over the last ``max_len`` history items (older ones are not seen
-by the model and are left out) and sum to 1.
+by the model and are left out) and sum to 1. With ``SASRec(mixer="lowpass")``
+the weights describe the attention branch only (the filter branch mixes the
+prefix with fixed exponentially decaying weights, not a per-input allocation).
 """
 
 from __future__ import annotations

@@ -119,3 +119,19 @@ def test_early_stopping_keeps_best_epoch():
     assert m.history_[m.best_epoch_ - 1]["NDCG@10"] == best
     assert evaluate(m, valid, ks=(10,))["NDCG@10"] == pytest.approx(best)
     assert m.refit_params()["epochs"] == m.best_epoch_
+
+
+@pytest.mark.parametrize("mixer", ["none", "lowpass"])
+def test_network_is_causal(mixer):
+    m = SASRec(d_model=16, n_heads=2, n_layers=2, max_len=10, mixer=mixer)
+    net = m._build(30).eval()
+    seq = torch.tensor([[3, 7, 1, 9, 4, 12]])
+    h = net(seq)
+    seq2 = seq.clone()
+    seq2[0, 4] = 25  # change a future item
+    h2 = net(seq2)
+    assert torch.allclose(h[:, :4], h2[:, :4], atol=1e-6)
+    assert not torch.allclose(h[:, 4:], h2[:, 4:])
+    # right padding does not change the real positions
+    h3 = net(torch.cat([seq, torch.zeros(1, 3, dtype=torch.long)], dim=1))
+    assert torch.allclose(h, h3[:, :6], atol=1e-6)
