@@ -323,3 +323,27 @@ def test_search_and_model_card_json(server):
     assert card["model"] == "sasrec" and card["attention"] and card["has_catalogue"]
     assert card["params"]["d_model"] == 16 and "NDCG@10" in card["metrics"]
     assert card["dataset"].startswith("synthetic shop") and len(card["training"]) == 4
+
+
+def test_model_without_attention_or_catalogue(browser, ease_bundle_plain, tmp_path):
+    """EASE, no items.csv: ids instead of names, item-item explanations, no heatmap, no errors."""
+    from attnrec.serving import Settings, create_app
+
+    settings = Settings(model_path=ease_bundle_plain, api_key=KEY, watch_model=False,
+                        data_dir=tmp_path / "db")
+    with LiveServer(create_app(settings)) as live:
+        p = Page(browser, live.url)
+        try:
+            pg = p.page
+            pg.goto(live.url + "/")
+            _wait_for_recs(p)
+            assert re.fullmatch(r"i\d+", pg.locator("#timeline .ev-name").first.inner_text())
+            assert pg.locator("#layer-select").is_disabled()
+            assert "no attention" in pg.locator("#heatmap").get_attribute("aria-label")
+            pg.locator("#recs li.rec").first.get_by_role("button", name="Why?").click()
+            assert "item-to-item weights" in pg.locator("#recs .why").first.inner_text()
+            assert "none (ids only)" in pg.inner_text("#model-card")
+            pg.screenshot(path=str(tmp_path / "explorer-ease.png"))
+            assert p.errors == []
+        finally:
+            p.close()

@@ -263,15 +263,15 @@
       summary += ` Ignored ${seq.unknown_items.length} item(s) the model does not know: ${seq.unknown_items.slice(0, 5).join(", ")}.`;
     }
     $("history-summary").textContent = summary;
-    const seen = seq.attention ? seq.attention.offset : seq.history_total;
+    const seen = seq.attention ? seq.attention.offset : 0;
     const cards = seq.history.map((h) => {
       const li = el("li", { class: "event" + (h.live ? " live" : "") + (h.position < seen ? " unseen" : ""),
         "data-position": String(h.position), "data-item": h.item },
         el("span", { class: "pos", text: `#${h.position}` }),
         el("span", { class: "ev-name", text: itemLabel(h) }),
-        el("span", { class: "ev-meta" },
+        h.name ? el("span", { class: "ev-meta" },
           el("span", { class: "swatch", "data-cat": h.category || "" }),
-          h.category ? `${h.category} · ${h.item}` : h.item),
+          h.category ? `${h.category} · ${h.item}` : h.item) : null,
         h.live ? el("span", { class: "tag", text: "live" }) : null);
       li.title = h.position < seen ? "older than the model's window: not attended" : "";
       return li;
@@ -342,7 +342,7 @@
           el("div", { class: "rec-name", text: itemLabel(it) }),
           el("div", { class: "rec-meta" },
             el("span", { class: "swatch", "data-cat": it.category || "" }),
-            [it.category, it.item, `score ${it.score.toFixed(3)}`].filter(Boolean).join(" · "))),
+            [it.category, it.name ? it.item : null, `score ${it.score.toFixed(3)}`].filter(Boolean).join(" · "))),
         isNew ? el("span", { class: "tag new", text: "new" }) : null,
         moved > 0 ? el("span", { class: "tag up", text: `▲${moved}`, title: `up ${moved}` }) : null,
         moved < 0 ? el("span", { class: "tag down", text: `▼${-moved}`, title: `down ${-moved}` }) : null),
@@ -423,6 +423,7 @@
   function setupHeatmap(seq) {
     const att = seq.attention;
     const layerSel = $("layer-select"), headSel = $("head-select");
+    $("heat-help").hidden = !att;
     if (!att) {
       layerSel.replaceChildren();
       headSel.replaceChildren();
@@ -480,12 +481,20 @@
 
   function drawEmpty(text) {
     const c = $("heatmap");
+    const dpr = window.devicePixelRatio || 1;
+    c.style.width = "100%";
+    c.style.height = "80px";
+    c.width = Math.round((c.clientWidth || 420) * dpr);
+    c.height = Math.round(80 * dpr);
+    state.geom = null;
+    document.querySelector(".legend").hidden = true;
     const ctx = c.getContext("2d");
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, c.width, c.height);
     ctx.fillStyle = "#57606a";
     ctx.font = "15px system-ui, sans-serif";
     ctx.textAlign = "center";
-    ctx.fillText(text, c.width / 2, c.height / 2);
+    ctx.fillText(text, c.width / dpr / 2, 40);
     c.setAttribute("aria-label", text);
     $("heat-readout").textContent = "";
     $("legend-max").textContent = "1";
@@ -497,6 +506,7 @@
     if (!att || !m || !att.length) return drawEmpty("No history yet.");
     const c = $("heatmap");
     const L = att.length;
+    document.querySelector(".legend").hidden = false;
     const css = Math.min(420, c.parentElement.clientWidth || 420);
     const dpr = window.devicePixelRatio || 1;
     const margin = 34;
