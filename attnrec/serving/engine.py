@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from attnrec.models.base import Recommender, top_k
 
@@ -189,8 +190,9 @@ class ModelSnapshot:
         if self._item_weights is not None:
             s = torch.empty(n)
             if len(history):
-                u = torch.from_numpy(np.unique(history))
-                s[1:] = self._item_weights.index_select(0, u).sum(0)
+                # sum of the history items' rows in one kernel, without materialising them
+                u = torch.from_numpy(np.unique(history))[None]
+                s[1:] = F.embedding_bag(u, self._item_weights, mode="sum")[0]
             else:
                 s[1:] = 0.0
         elif self._item_sim is not None:
@@ -215,8 +217,14 @@ class ModelSnapshot:
             scores[torch.from_numpy(exclude)] = NEG_INF
         if allowed is not None:
             scores.masked_fill_(~allowed, NEG_INF)
-        idx, vals = top_k(scores[None], k)
-        ids, sc = idx[0].numpy(), vals[0].numpy()
+        k = min(k, scores.shape[0])
+        vals, idx = torch.topk(scores, k)
+        # topk's order among equal scores is unspecified: on any tie at or inside the
+        # boundary use the model contract's stable tie-break (lower id first)
+        if k and (int((scores >= vals[-1]).sum()) > k or bool((vals[:-1] == vals[1:]).any())):
+            i2, v2 = top_k(scores[None], k)
+            idx, vals = i2[0], v2[0]
+        ids, sc = idx.numpy(), vals.numpy()
         keep = (ids > 0) & np.isfinite(sc)
         return ids[keep], sc[keep]
 
