@@ -347,3 +347,25 @@ def test_model_without_attention_or_catalogue(browser, ease_bundle_plain, tmp_pa
             assert p.errors == []
         finally:
             p.close()
+
+
+def test_new_user_starts_from_popular_items(page):
+    pg = page.page
+    pg.goto(page.base + "/?user=visitor-1")
+    _wait_for_recs(page)
+    expect(pg.locator("#history-summary")).to_contain_text("has no history yet")
+    assert "Popular items" in pg.inner_text("#recs-status")
+    assert "no history yet" in pg.locator("#heatmap").get_attribute("aria-label").lower()
+    pg.locator("#recs li.rec").first.get_by_role("button", name="Why?").click()
+    assert "popular" in pg.locator("#recs .why").first.inner_text()
+    before = page.rec_ids()
+    pg.fill("#write-key", KEY)
+    pg.fill("#item-input", before[0])
+    pg.locator(f"#item-list button[data-item='{before[0]}']").focus()
+    pg.keyboard.press("Enter")
+    expect(pg.locator("#history-summary")).to_contain_text("visitor-1: 1 item")
+    expect(pg.locator("#recs-status")).to_contain_text("The event changed the list")
+    _wait_for_recs(page)
+    assert pg.locator("#timeline li.event.live").count() == 1
+    assert before[0] not in page.rec_ids()
+    assert page.errors == []

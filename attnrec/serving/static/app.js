@@ -299,14 +299,15 @@
     const fresh = prev ? ids.filter((i) => !prev.includes(i)) : [];
     const source = out.source === "model"
       ? "Ranked by the model"
-      : "Popular items (the model has no history to work from for this user yet)";
+      : "Popular items not yet seen: the model does not know this user (new since it was trained)";
     let text = `${source}.`;
+    const same = prev && prev.length === ids.length && prev.every((x, i) => x === ids[i]);
     if (prev) {
       text += fresh.length
         ? ` The event changed the list: ${fresh.length} new item${fresh.length === 1 ? "" : "s"}.`
-        : " The event re-ordered the list (no new items).";
+        : same ? " The event did not change this list." : " The event re-ordered the list (no new items).";
     }
-    setStatus("recs-status", text, prev ? "changed" : "");
+    setStatus("recs-status", text, prev && !same ? "changed" : "");
     const rows = out.items.map((it, i) => recRow(it, i, prev, fresh));
     if (!rows.length) rows.push(el("li", { class: "help", text: "Nothing left to recommend." }));
     $("recs").replaceChildren(...rows);
@@ -319,8 +320,8 @@
     const moved = prev && !isNew ? prev.indexOf(it.item) - i : 0;
     const because = (it.explanation && it.explanation.because) || [];
     const toggle = el("button", { type: "button", class: "why-btn", "aria-expanded": "false",
-      "aria-controls": whyId, disabled: because.length ? null : true,
-      title: because.length ? null : "No explanation for this item" }, "Why?");
+      "aria-controls": whyId, disabled: it.explanation ? null : true,
+      title: it.explanation ? null : "No explanation for this item" }, "Why?");
     const why = el("div", { id: whyId, class: "why", hidden: true }, explanationNode(it));
     toggle.addEventListener("click", () => {
       const open = toggle.getAttribute("aria-expanded") !== "true";
