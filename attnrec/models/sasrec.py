@@ -236,7 +236,10 @@ def pad_right(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tens
 class SASRec(Recommender):
     """SASRec with a choice of training objective (default: full softmax CE).
 
-    Hyperparameters are stored as given (scikit-learn style). Training options
+    Hyperparameters are stored as given (scikit-learn style). ``dropout="auto"``
+    resolves at fit time (``dropout_``) to 0.5 when the mean training sequence
+    is shorter than 20 items (sparse data such as Amazon categories) and to 0.2
+    otherwise (dense data such as MovieLens), following the SASRec paper. Training options
     (``epochs``, ``lr``, ... ``num_threads``) are passed to
     :func:`attnrec.training.train`. With ``fit(data, valid)`` training stops
     early on validation ``NDCG@10`` and keeps the best epoch (``best_epoch_``);
@@ -252,7 +255,7 @@ class SASRec(Recommender):
         n_layers: int = 2,
         n_heads: int = 2,
         max_len: int = 50,
-        dropout: float = 0.5,
+        dropout: float | str = "auto",
         attn_dropout: float | None = None,
         pre_ln: bool = True,
         similarity: str = "dot",
@@ -315,10 +318,15 @@ class SASRec(Recommender):
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:
         return AttentionConfig(
-            d_model=self.d_model, n_heads=self.n_heads, dropout=self.dropout,
+            d_model=self.d_model, n_heads=self.n_heads, dropout=self._dropout_value(),
             attn_dropout=self.attn_dropout, similarity=self.similarity, top_k=self.top_k,
             pre_ln=self.pre_ln,
         )
+
+    def _dropout_value(self) -> float:
+        if self.dropout != "auto":
+            return float(self.dropout)
+        return float(getattr(self, "dropout_", 0.5))
 
     def _build(self, n_items: int) -> SASRecNet:
         if self.loss not in LOSSES:
@@ -345,6 +353,10 @@ class SASRec(Recommender):
     # ---- fitting ---------------------------------------------------------
     def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
         torch.manual_seed(self.seed)
+        # "auto" dropout: the SASRec paper's values, 0.5 on sparse data with short
+        # sequences (Amazon categories), 0.2 on dense data with long ones (MovieLens)
+        mean_len = float(data.lengths.mean()) if data.n_users else 0.0
+        self.dropout_ = (0.5 if mean_len < 20 else 0.2) if self.dropout == "auto" else float(self.dropout)
         self.net_ = self._build(data.n_items)
         starts, lens = training_windows(data, self.max_len)
         if len(starts) == 0:
@@ -492,6 +504,7 @@ class SASRec(Recommender):
             "best_epoch": getattr(self, "best_epoch_", None),
             "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
             "epochs_run": getattr(self, "epochs_run_", None),
+            "dropout": getattr(self, "dropout_", None),
         }
 
     def _load_extra_config(self, extra: dict[str, Any]) -> None:
@@ -499,6 +512,8 @@ class SASRec(Recommender):
         self.best_epoch_ = extra.get("best_epoch")
         self.best_metric_ = extra.get("best_metric")
         self.epochs_run_ = extra.get("epochs_run")
+        if extra.get("dropout") is not None:
+            self.dropout_ = float(extra["dropout"])
 
 
 def _finite_or_none(x: float | None) -> float | None:
