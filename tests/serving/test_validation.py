@@ -95,3 +95,12 @@ def test_oversized_body_is_413(make_client, ease_bundle, sqlite_url):
 
     r = c.post("/events/batch", content=chunks(), headers={**AUTH, "content-type": "application/json"})
     assert r.status_code == 413
+
+
+def test_run_refuses_several_workers_and_missing_bundles(ease_bundle, tmp_path):
+    from attnrec.serving import run
+
+    with pytest.raises(ValueError, match="one worker"):
+        run(ease_bundle, dev=True, workers=2)
+    with pytest.raises(FileNotFoundError, match="not a model bundle"):
+        run(tmp_path / "nothing-here", dev=True)
