@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
 import time
 
@@ -118,6 +119,14 @@ async def _empty_receive():
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+def _telemetry_kwargs(enabled: bool) -> dict:
+    """FastAPI's native OpenTelemetry looks up providers on every request; we export
+    Prometheus metrics ourselves, so it is off unless asked for (newer FastAPI only)."""
+    if enabled or "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+
+
 def create_app(settings: Settings) -> FastAPI:
     """Build the app; nothing is loaded until the lifespan starts."""
     settings.check_secure()
@@ -149,6 +158,7 @@ def create_app(settings: Settings) -> FastAPI:
         description="Real-time recommendations with live events and attention explanations. "
         "Ids are raw strings; write endpoints need the X-API-Key header.",
         lifespan=lifespan,
+        **_telemetry_kwargs(settings.opentelemetry),
     )
     app.state.service = service
 

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_id_length: int = Field(256, ge=1)
     explain_top: int = Field(5, ge=1, description="History items listed per explained item")
 
+    opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry (if available)")
+
     # model lifecycle
     watch_model: bool = Field(True, description="Reload when the bundle's config.json changes")
     watch_interval_s: float = Field(2.0, gt=0)

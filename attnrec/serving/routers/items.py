@@ -5,16 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, query_model, query_openapi, snapshot
+from attnrec.serving.deps import ServiceDep, check_limit, query_openapi, query_parser, snapshot
 from attnrec.serving.responses import FastJSON
 from attnrec.serving.schemas import ItemOut, RawId, Recommendations, SimilarQuery
 
 router = APIRouter(prefix="/items", tags=["items"])
 
 ItemPath = Annotated[RawId, Path(description="Raw item id")]
+_similar_query = query_parser(SimilarQuery)
 
 
 @router.get("/{item}", response_model=ItemOut, summary="An item: catalogue entry and popularity")
@@ -35,9 +36,8 @@ async def get_item(request: Request, item: ItemPath, service: ServiceDep) -> Fas
 @router.get("/{item}/similar", response_model=Recommendations,
             openapi_extra=query_openapi(SimilarQuery),
             summary="Items the model recommends to someone who just had this one")
-async def similar_items(request: Request, item: ItemPath,
-                        q: Annotated[SimilarQuery, Depends(query_model(SimilarQuery))],
-                        service: ServiceDep) -> FastJSON:
+async def similar_items(request: Request, item: ItemPath, service: ServiceDep) -> FastJSON:
+    q = _similar_query(request)
     check_limit("k", q.k, service.settings.max_k)
     snap = snapshot(request, service)
     dense = snap.item_map.get(item)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, query_model, query_openapi, snapshot
+from attnrec.serving.deps import ServiceDep, check_limit, query_openapi, query_parser, snapshot
 from attnrec.serving.responses import FastJSON
 from attnrec.serving.schemas import RawId, Recommendations, RecQuery, SessionRequest
+from attnrec.serving.service import RecService
 
 router = APIRouter(tags=["recommendations"])
 
 UserPath = Annotated[RawId, Path(description="Raw user id")]
+_rec_query = query_parser(RecQuery)
 
 
 def _check(service, k: int, *lists: tuple[str, list]) -> None:
@@ -26,9 +28,10 @@ def _check(service, k: int, *lists: tuple[str, list]) -> None:
 @router.get("/users/{user}/recommendations", response_model=Recommendations,
             openapi_extra=query_openapi(RecQuery),
             summary="Top-k for a user: fit-time history plus live events")
-async def recommend_user(request: Request, user: UserPath,
-                         q: Annotated[RecQuery, Depends(query_model(RecQuery))],
-                         service: ServiceDep) -> FastJSON:
+async def recommend_user(request: Request, user: UserPath) -> FastJSON:
+    # the hot path: no dependency resolution, just the path parameter
+    service: RecService = request.app.state.service
+    q = _rec_query(request)
     _check(service, q.k, ("exclude", q.exclude))
     snap = snapshot(request, service)
     entry = service.cached_user(user) or service.user_without_events(user)
