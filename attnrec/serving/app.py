@@ -32,6 +32,7 @@ class ObservabilityMiddleware:
     def __init__(self, app, service: RecService):
         self.app = app
         self.service = service
+        self._children: dict[tuple, tuple] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -103,9 +104,14 @@ class ObservabilityMiddleware:
     def _observe(self, scope, status_code: int, t0: float) -> None:
         route = scope.get("route")
         path = getattr(route, "path", None) or "unmatched"  # templates, never raw ids
-        m = self.service.metrics
-        m.requests.labels(scope["method"], path, str(status_code)).inc()
-        m.latency.labels(scope["method"], path).observe(time.perf_counter() - t0)
+        key = (scope["method"], path, status_code)
+        children = self._children.get(key)
+        if children is None:  # labels() costs a lock and a lookup; the set of keys is small
+            m = self.service.metrics
+            children = (m.requests.labels(key[0], path, str(status_code)), m.latency.labels(key[0], path))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - t0)
 
 
 async def _wait_disconnect():
