@@ -27,7 +27,7 @@ DEMO_MODELS: dict[str, dict] = {
     "pop": {},
     "itemknn": {},
     "ease": {"l2": 100.0},
-    "sasrec": {"max_epochs": 30},
+    "sasrec": {"epochs": 10, "patience": 3},
 }
 
 
