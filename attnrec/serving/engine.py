@@ -108,6 +108,9 @@ class ModelSnapshot:
     def raw_item(self, dense: int) -> str:
         return self._raw_items[int(dense) - 1]
 
+    def raw_items(self, dense: np.ndarray | list[int]) -> list[str]:
+        return self._raw_items[np.asarray(dense, dtype=np.int64) - 1].tolist()
+
     def fit_history(self, user: str) -> np.ndarray | None:
         u = self.user_map.get(user)
         return None if u is None else self.model.user_history(u)
@@ -246,7 +249,8 @@ class ModelSnapshot:
         uniq, first_in_rev = np.unique(rev, return_index=True)
         pos = len(history) - 1 - first_in_rev  # latest position of each distinct item
         if self._item_weights is not None:
-            C = self._item_weights.index_select(0, torch.from_numpy(uniq))[:, torch.from_numpy(recs - 1)].numpy()
+            # gather just the (history item, recommended item) weights, H x k
+            C = self._item_weights[torch.from_numpy(uniq)[:, None], torch.from_numpy(recs - 1)[None, :]].numpy()
         else:
             C = np.asarray(self._item_sim[uniq][:, recs].todense(), dtype=np.float32)
         return _top_contributions(C, uniq, pos, self.explain_top)
@@ -292,13 +296,12 @@ class ModelSnapshot:
 
 def _top_contributions(C: np.ndarray, uniq: np.ndarray, pos: np.ndarray, top: int):
     """Columns of ``C`` (history item x recommended item) -> strongest normalised shares."""
-    total = np.abs(C).sum(axis=0, keepdims=True)
-    W = np.divide(C, total, out=np.zeros_like(C), where=total > 0)
+    total = np.abs(C).sum(axis=0)
+    W = C / np.where(total > 0, total, 1.0)
     order = np.argsort(-W, axis=0, kind="stable")[:top]  # (top, k)
-    w_top = np.take_along_axis(W, order, axis=0)
-    pos_l, item_l, w_l = pos[order].tolist(), uniq[order].tolist(), w_top.tolist()
-    return [[(pos_l[r][j], item_l[r][j], w_l[r][j]) for r in range(len(order)) if w_l[r][j] != 0]
-            for j in range(C.shape[1])]
+    w_top = W[order, np.arange(C.shape[1])]
+    P, I, V = pos[order].T.tolist(), uniq[order].T.tolist(), w_top.T.tolist()
+    return [[(p, i, w) for p, i, w in zip(P[j], I[j], V[j]) if w != 0] for j in range(C.shape[1])]
 
 
 def _json_safe(obj: Any) -> Any:

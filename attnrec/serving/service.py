@@ -246,22 +246,23 @@ class RecService:
             self.metrics.fallbacks.inc()
         seen = history if exclude_seen else None
         ids, vals = snap.rank(scores, k, seen, excl, allowed)
-        items = []
         cat = snap.catalogue
-        for d, s in zip(ids.tolist(), vals.tolist()):
-            raw = snap.raw_item(d)
+        items = []
+        for raw, sc in zip(snap.raw_items(ids), vals.tolist()):
             e = cat.get(raw) if cat is not None else None
-            items.append({"item": raw, "score": s, "name": e.name if e else None,
+            items.append({"item": raw, "score": sc, "name": e.name if e else None,
                           "category": e.category if e else None})
         if explain:
             if use_model:
                 method, expl = snap.explain(history, ids)
             else:
                 method, expl = "popularity", [[] for _ in items]
+            # decode every explaining item in one go
+            raws = iter(snap.raw_items([d for triples in expl for _, d, _ in triples]))
             for it, triples in zip(items, expl):
                 because = []
-                for pos, d, w in triples:
-                    raw = snap.raw_item(d)
+                for pos, _, w in triples:
+                    raw = next(raws)
                     e = cat.get(raw) if cat is not None else None
                     because.append({"item": raw, "position": pos, "weight": w,
                                     "name": e.name if e else None})
