@@ -218,6 +218,7 @@ def evaluate(
     sampled: Optional[int] = typer.Option(None, "--sampled-negatives", help="SAMPLED metrics against N random negatives instead of full ranking (labelled as such)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with PNG charts to this directory."),
+    items: Optional[Path] = typer.Option(None, "--items", help="Item catalogue CSV (item_id,name,...): names in the report."),
     fmt: str = FMT,
     user_col: Optional[str] = USER_COL,
     item_col: Optional[str] = ITEM_COL,
@@ -243,7 +244,7 @@ def evaluate(
     runs = _guard(
         pipeline.evaluate_models, built, s, ks=cutoffs, exclude_history=not include_history, sampled_negatives=sampled,
         on_done=lambda r: err_console.print(f"[dim]{r.name}: fit {r.fit_seconds:.1f}s, evaluate {r.eval_seconds:.1f}s[/]"),
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty(), per_case=report is not None,
     )
     for b in bundle:
         from attnrec.evaluation import evaluate as _evaluate
@@ -260,7 +261,11 @@ def evaluate(
     if report:
         from attnrec.report import write_report
 
-        path = _guard(write_report, report, runs, s, protocol=protocol, ks=cutoffs, exclude_history=not include_history)
+        names = {i: row.get("name", i) for i, row in pipeline.read_catalogue(items).items()} if items else None
+        path = _guard(
+            write_report, report, runs, s, protocol=protocol, ks=cutoffs, exclude_history=not include_history,
+            catalogue=names,
+        )
         console.print(f"report: {path}")
 
 

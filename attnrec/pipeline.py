@@ -132,6 +132,7 @@ def evaluate_models(
     sampled_negatives: int | None = None,
     on_done=None,
     progress: bool = False,
+    per_case: bool = False,
 ) -> list[ModelRun]:
     """Fit each model for the test stage and evaluate it on ``split.test``."""
     runs = []
@@ -142,7 +143,7 @@ def evaluate_models(
         t1 = time.perf_counter()
         result = evaluate(
             model, split.test, ks=ks, exclude_history=exclude_history, sampled_negatives=sampled_negatives,
-            progress=progress,
+            progress=progress, per_case=per_case,
         )
         t2 = time.perf_counter()
         run = ModelRun(name, model, result, t1 - t0, t2 - t1)
