@@ -41,8 +41,7 @@ def start_server(bundle, db_url, port):
     raise RuntimeError("server did not become ready")
 
 
-def test_acknowledged_events_survive_sigkill(ease_bundle, tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'events.db'}"
+def test_acknowledged_events_survive_sigkill(ease_bundle, db_url):
     port = free_port()
     proc, url = start_server(ease_bundle, db_url, port)
     acked: list[tuple[str, str]] = []
@@ -66,7 +65,7 @@ def test_acknowledged_events_survive_sigkill(ease_bundle, tmp_path):
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
-        while len(acked) < 3000 and time.monotonic() < deadline:
+        while len(acked) < 2000 and time.monotonic() < deadline:
             time.sleep(0.01)
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream: requests are in flight right now
         proc.wait(10)
@@ -77,11 +76,11 @@ def test_acknowledged_events_survive_sigkill(ease_bundle, tmp_path):
         if proc.poll() is None:
             proc.kill()
     n_acked = len(acked)
-    assert n_acked >= 3000, f"only {n_acked} events acknowledged before the kill"
+    assert n_acked >= 2000, f"only {n_acked} events acknowledged before the kill"
 
     proc2, url2 = start_server(ease_bundle, db_url, free_port())
     try:
-        engine = sa.create_engine(db_url)
+        engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
         with engine.connect() as conn:
             stored = set(conn.execute(sa.text("SELECT user_id, item_id FROM events")).all())
         engine.dispose()
