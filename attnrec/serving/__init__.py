@@ -1,7 +1,18 @@
 """The real-time HTTP service: ``create_app(settings)`` and ``run(...)``.
 
-FastAPI is imported only when ``create_app`` is used, so ``attnrec.serving.run``
-stays importable cheaply by the CLI.
+Endpoints (raw string ids everywhere; OpenAPI at ``/docs``; every response carries
+the ``x-model-version`` header; ``*`` = needs the ``X-API-Key`` header):
+
+* ``POST /events`` *, ``POST /events/batch`` * -- ingest; 201 only after the commit;
+* ``GET /users/{user}/recommendations?k=&exclude_seen=&exclude=&categories=&exclude_categories=&explain=``;
+* ``POST /recommendations/session`` -- anonymous session ``{"items": [...], ...}``;
+* ``GET /items/{item}``, ``GET /items/{item}/similar?k=``;
+* ``GET /users/{user}``, ``DELETE /users/{user}`` *;
+* ``GET /health``, ``GET /ready``, ``GET /metrics``, ``GET /admin/model``, ``POST /admin/reload`` *.
+
+Settings: :class:`attnrec.serving.settings.Settings` (``ATTNREC_*`` variables or the
+TOML file named by ``ATTNREC_SETTINGS_FILE``). FastAPI is imported only when
+``create_app`` is used, so ``attnrec.serving.run`` stays cheap to import for the CLI.
 """
 
 from __future__ import annotations

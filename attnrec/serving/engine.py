@@ -83,9 +83,8 @@ class ModelSnapshot:
         self.model_name = getattr(model, "model_name", type(model).__name__)
         counts = np.asarray(model.item_counts_, dtype=np.float32)
         self.item_counts = counts
-        # popularity fallback: counts, ties broken towards the lower id by a tiny offset
-        # that keeps float32 ordering exact for counts below 2**24 / n_items
-        pop = torch.from_numpy(counts.astype(np.float64) - np.arange(len(counts)) * 1e-9).float()
+        # popularity fallback: training counts; rank() breaks ties towards the lower id
+        pop = torch.from_numpy(counts.copy())
         pop[0] = NEG_INF
         self.pop_scores = pop
         self._raw_items = np.asarray(self.item_map.raw_ids, dtype=object)
