@@ -279,17 +279,11 @@ class RecService:
             if hit is not None:
                 return hit
         history, known = entry.sequence(snap, user)
-        if not known:
-            # the model cannot place this user yet (new, or deleted and not retrained):
-            # popular items they have not seen, labelled as such
-            history_for_seen = history
-            out = self.recommend_history(
-                snap, history_for_seen, False, k=q.k, exclude_seen=q.exclude_seen, exclude=q.exclude,
-                categories=q.categories, exclude_categories=q.exclude_categories, explain=q.explain)
-        else:
-            out = self.recommend_history(
-                snap, history, True, k=q.k, exclude_seen=q.exclude_seen, exclude=q.exclude,
-                categories=q.categories, exclude_categories=q.exclude_categories, explain=q.explain)
+        # a user the model cannot place yet (new, or deleted and not retrained) gets
+        # popular items they have not seen, labelled "popularity-fallback"
+        out = self.recommend_history(
+            snap, history, known, k=q.k, exclude_seen=q.exclude_seen, exclude=q.exclude,
+            categories=q.categories, exclude_categories=q.exclude_categories, explain=q.explain)
         out = {"user": user, **out}
         if cap:
             recs = entry.recs
