@@ -5,8 +5,12 @@ A model supplies three closures and a :class:`TrainConfig`:
 * ``batches(epoch, rng) -> iterable`` of training batches for one epoch (``rng``
   is a ``numpy.random.Generator`` seeded from ``(seed, epoch)`` so an epoch's
   batch order does not depend on whether training was resumed);
-* ``loss_fn(batch) -> scalar tensor`` (called with the module in train mode,
-  inside ``bf16`` autocast when asked);
+* ``loss_fn(module, batch) -> scalar tensor`` (called with the module in train
+  mode, inside ``bf16`` autocast when asked). The forward must go through the
+  ``module`` argument: under ``torch.distributed`` it is the
+  ``DistributedDataParallel`` wrapper, whose forward arms the gradient
+  all-reduce. A one-argument ``loss_fn(batch)`` is still accepted; when
+  distributed its gradients are all-reduced by hand after ``backward``;
 * ``evaluate() -> float`` (optional): the validation metric, higher is better
   (e.g. NDCG@10 by full ranking via :func:`attnrec.evaluation.evaluate`).
 
@@ -17,6 +21,13 @@ with ``resume=True``. Randomness is seeded per epoch (python, numpy, torch), so
 a resumed run reproduces an uninterrupted one. ``history`` holds one dict per
 epoch: ``{"epoch", "loss", "<metric>" (when evaluated), "seconds"}``.
 
+Distributed (a process group is initialised, e.g. by ``torchrun`` via
+:func:`attnrec.distributed.init_from_env`): every rank runs the same seeded
+``batches`` and takes every ``world``-th batch (:func:`attnrec.distributed.shard`),
+so one step averages the gradients of ``world`` batches; only rank 0 evaluates
+(the metric and the stop decision are broadcast, so all ranks stop together)
+and writes checkpoints; every rank resumes from the same checkpoint file.
+
 Library code only logs (logger ``attnrec.training``); the tqdm bar can be
 switched off with ``progress=False``.
 """
@@ -24,6 +35,7 @@ switched off with ``progress=False``.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import os
@@ -36,6 +48,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+
+from attnrec import distributed as dist_utils
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +107,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 def train(
     module: torch.nn.Module,
     batches: Callable[[int, np.random.Generator], Iterable[Any]],
-    loss_fn: Callable[[Any], torch.Tensor],
+    loss_fn: Callable[..., torch.Tensor],
     config: TrainConfig,
     evaluate: Callable[[], float] | None = None,
     params: Iterable[torch.nn.Parameter] | None = None,
@@ -130,12 +144,28 @@ def train(
             result.stopped_early = True
         log.info("resumed from %s at epoch %d", ckpt_path, start_epoch)
 
+    # the module the loss goes through: the DDP wrapper when distributed
+    rank, world = dist_utils.rank(), dist_utils.world_size()
+    takes_module = _takes_module(loss_fn)
+    model: torch.nn.Module = module
+    manual_sync = False
+    if world > 1:
+        if takes_module:
+            on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+            model = torch.nn.parallel.DistributedDataParallel(
+                module, process_group=dist_utils.cpu_group() if on_cpu else None)
+        else:
+            manual_sync = True  # the closure calls the bare module: all-reduce gradients ourselves
+            log.warning("loss_fn(batch) does not take the module: gradients are all-reduced by hand")
+    main = rank == 0
+    call_loss = (lambda b: step_loss(model, b)) if takes_module else step_loss
+
     autocast = (
         (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.bf16 else (lambda: nullcontext())
     )
     t_train = time.perf_counter()
     pbar = None
-    if cfg.progress:
+    if cfg.progress and main:
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=cfg.desc, unit="epoch", leave=False)
@@ -148,11 +178,13 @@ def train(
             rng = np.random.default_rng(es)
             module.train()
             total, n = 0.0, 0
-            for batch in batches(epoch, rng):
+            for batch in dist_utils.shard(batches(epoch, rng), rank, world):
                 with autocast():
-                    loss = step_loss(batch)
+                    loss = call_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if manual_sync:
+                    _all_reduce_mean_grads(params, world)
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 optimizer.step()
@@ -160,14 +192,19 @@ def train(
                 n += 1
                 if pbar is not None and n % 20 == 0:
                     pbar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+            if world > 1:  # mean loss over all ranks' batches
+                total, n = dist_utils.all_reduce_sum([total, n])
             train_seconds = time.perf_counter() - t0
             rec: dict[str, Any] = {"epoch": epoch, "loss": total / max(1, n), "seconds": train_seconds}
             improved = False
             if evaluate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 module.eval()
                 t_eval = time.perf_counter()
-                with torch.no_grad():
-                    value = float(evaluate())
+                value = float("nan")
+                if main:  # rank 0 evaluates; every rank keeps the same books
+                    with torch.no_grad():
+                        value = float(evaluate())
+                value = dist_utils.broadcast_object(value)
                 rec[cfg.metric] = value
                 rec["eval_seconds"] = time.perf_counter() - t_eval
                 if value > result.best_metric:
@@ -194,7 +231,9 @@ def train(
                 pbar.update(1)
             stop = cfg.patience is not None and evaluate is not None and bad_evals >= cfg.patience
             over_budget = cfg.max_seconds is not None and time.perf_counter() - t_train > cfg.max_seconds
-            if ckpt_path is not None:  # "finished" = stopped early: resuming must not train further
+            # clocks differ between ranks: rank 0 decides for all
+            stop, over_budget = dist_utils.broadcast_object((stop, over_budget))
+            if ckpt_path is not None and main:  # "finished" = stopped early: resuming must not train further
                 _save_checkpoint(ckpt_path, module, optimizer, result, best_state, bad_evals, epoch, stop)
             if stop:
                 result.stopped_early = True
@@ -212,6 +251,28 @@ def train(
     module.eval()
     result.seconds = time.perf_counter() - t_train
     return result
+
+
+def _takes_module(loss_fn: Callable[..., torch.Tensor]) -> bool:
+    """Whether ``loss_fn`` has the ``(module, batch)`` signature (else the legacy ``(batch)``)."""
+    try:
+        sig = inspect.signature(loss_fn)
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in sig.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
+
+
+def _all_reduce_mean_grads(params: list[torch.nn.Parameter], world: int) -> None:
+    import torch.distributed as dist
+
+    group = dist_utils.cpu_group()
+    for p in params:
+        if p.grad is None:  # every rank must join every all-reduce
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad, group=group)
+        p.grad.div_(world)
 
 
 def _save_checkpoint(path: Path, module, optimizer, result: TrainResult, best_state, bad_evals: int,
