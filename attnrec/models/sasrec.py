@@ -393,9 +393,9 @@ class SASRec(Recommender):
                 tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
                 yield seq, tgt, torch.from_numpy(mask)
 
-        def loss_fn(batch) -> torch.Tensor:
+        def loss_fn(module, batch) -> torch.Tensor:
             seq, tgt, mask = batch
-            h = net(seq)  # (B, T, d)
+            h = module(seq)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             return self._loss(h[mask], tgt[mask])  # (N, d), (N,)
 
         evaluate_fn = None
