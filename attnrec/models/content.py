@@ -31,7 +31,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -141,10 +141,15 @@ class _ContentMixin:
         return TextEncoder(self.text_model, cache_dir=self.text_cache, progress=False)
 
     def _load_catalogue(self, data: SequenceData) -> tuple[FeatureTable, pa.Table | None]:
-        source = getattr(self, "_catalogue", None) or self.item_features
+        source = getattr(self, "_catalogue", None)
+        source = self.item_features if source is None else source
         if source is None:
-            raise ValueError(f"{type(self).__name__} needs item_features (a catalogue file) "
-                             "or set_item_features(table)")
+            from attnrec.data.features import FeatureReport
+
+            log.warning("%s got no item_features (catalogue file) nor set_item_features(table): "
+                        "no content, so new items cannot be placed", type(self).__name__)
+            return FeatureTable.allocate(FeatureSchema("item_id", []), data.item_map,
+                                         FeatureReport("none")), None
         table = load_features(source, data.item_map, kinds=self.feature_kinds)
         new_rows = None
         if table.report.unknown_ids:
@@ -167,6 +172,19 @@ class _ContentMixin:
             empty = np.array([not t for t in want])
             out[empty] = 0.0  # no text: no text signal (not the embedding of "")
         return out
+
+    def _own_item_map(self) -> None:
+        """Copy the id map before adding items: it is shared with the caller's data and splits."""
+        if getattr(self, "_owns_item_map", False):
+            return
+        import dataclasses
+
+        from attnrec.data.dataset import IdMap
+
+        self.item_map_ = IdMap(self.item_map_.raw_ids, offset=self.item_map_.offset)
+        self.train_data_ = dataclasses.replace(self.train_data_, item_map=self.item_map_)
+        self.features_.id_map = self.item_map_
+        self._owns_item_map = True
 
     def _grow_common(self, n_new_total: int) -> None:
         """Extend counts and the fit data to ``n_new_total`` items after :meth:`add_items`."""
@@ -247,6 +265,9 @@ class ContentSASRec(_ContentMixin, SASRec):
     over items with training interactions).
     """
 
+    smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=1, n_layers=1, max_len=16,
+                                                  epochs=2)
+
     def __init__(self, item_features: str | None = None, feature_kinds: dict | None = None,
                  text_columns: list | None = None, text_model: str = "all-MiniLM-L6-v2",
                  text_cache: str | None = None, use_features: list | None = None,
@@ -275,6 +296,7 @@ class ContentSASRec(_ContentMixin, SASRec):
         return net
 
     def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+        self._owns_item_map = False
         table, new_rows = self._load_catalogue(data)
         text = self._text_matrix(table) if self.use_features is None or \
             "text" in self.use_features else np.zeros((table.n_rows, 0), np.float32)
@@ -304,6 +326,7 @@ class ContentSASRec(_ContentMixin, SASRec):
         until they have ``min_count`` training interactions in a later fit).
         """
         self._check_fitted()
+        self._own_item_map()
         enc = self.features_.schema.encode(rows)
         written = self.features_.update(enc, add_unknown=True)
         if not written:
@@ -384,6 +407,7 @@ class TextSimilarity(_ContentMixin, Recommender):
         self.decay = decay
 
     def _fit(self, data: SequenceData, valid: Any = None) -> None:
+        self._owns_item_map = False
         table, new_rows = self._load_catalogue(data)
         self.features_ = table
         self.item_text_ = torch.from_numpy(self._text_matrix(table))
@@ -392,6 +416,7 @@ class TextSimilarity(_ContentMixin, Recommender):
 
     def add_items(self, rows: CatalogueRows) -> list[int]:
         self._check_fitted()
+        self._own_item_map()
         written = self.features_.update(self.features_.schema.encode(rows), add_unknown=True)
         if written:
             n_rows = self.features_.n_rows

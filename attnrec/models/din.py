@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -152,6 +152,8 @@ class TwoStage(Recommender):
     """
 
     sequential = True
+    smoke_params: ClassVar[dict[str, Any]] = dict(n_candidates=20, d_model=16, max_len=8, epochs=1,
+                                                  train_positions=2, mlp_hidden=[16])
 
     def __init__(self, first_stage: str = "ease", first_stage_params: dict | None = None,
                  n_candidates: int = 100, d_model: int = 64, max_len: int = 50,

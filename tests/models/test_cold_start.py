@@ -88,7 +88,8 @@ def test_params_include_sasrec_hyperparameters():
 def test_catalogue_items_without_interactions_are_recommendable(trained):
     syn, data, model = trained
     n_before = data.n_items
-    assert model.n_items_ == n_before  # the six new ones were added after fit ...
+    assert model.n_items_ == n_before + 6  # catalogue-only items added after fit
+    assert data.n_items == n_before and "new0" not in data.item_map  # caller's data untouched
     assert all(model.item_map_.get(f"new{i}") is not None for i in range(6))
     assert model.n_items_ == len(model.item_map_)
     s = model.score([data.sequence(0)])
@@ -136,7 +137,17 @@ def test_text_similarity_baseline_ranks_cold_items(shop, fake_encoder):
     assert (s[:, shoe].min(1).values > s[:, coffee].max(1).values).all()
 
 
-def test_missing_catalogue_is_a_clear_error(shop):
+def test_without_a_catalogue_it_warns_and_works_id_only(shop, caplog):
     _, data, _ = shop
-    with pytest.raises(ValueError, match="item_features"):
-        _model(epochs=1).fit(data)
+    with caplog.at_level("WARNING"):
+        m = _model(epochs=1).fit(data)
+    assert "no item_features" in caplog.text
+    assert torch.isfinite(m.score([data.sequence(0)])[0, 1:]).all()
+
+
+def test_adding_items_never_touches_the_callers_data(shop, fake_encoder):
+    syn, data, catalogue = shop
+    n_before = len(data.item_map)
+    m = TextSimilarity(text_columns=["name"]).set_item_features(catalogue).fit(data)
+    assert len(m.item_map_) == n_before + 6 and len(data.item_map) == n_before
+    assert data.n_items == n_before and m.train_data_.n_items == n_before + 6
