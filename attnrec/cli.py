@@ -182,12 +182,22 @@ def train(
     min_user: int = MIN_USER,
     min_item: int = MIN_ITEM,
     dedupe: str = DEDUPE,
+    chunked: bool = typer.Option(False, "--chunked", help="Build sequences in bounded memory (Parquet/CSV logs larger than RAM; no filters)."),
+    dist_backend: str = typer.Option("auto", "--dist-backend", help="Under torchrun: gloo, nccl or auto (nccl when CUDA is available)."),
 ) -> None:
-    """Train one model on FILE and save it as a bundle."""
-    from attnrec import pipeline
+    """Train one model on FILE and save it as a bundle (under torchrun: DistributedDataParallel, rank 0 writes)."""
+    from attnrec import distributed, pipeline
 
+    distributed.init_from_env(dist_backend)
     spec = _data_spec(path, fmt, user_col, item_col, time_col, rating_col, event_col, rating_threshold, min_user, min_item, dedupe)
-    data = _load(spec)
+    if chunked:
+        from attnrec.data.chunked import load_sequences_chunked
+
+        if rating_threshold is not None or min_user or min_item or dedupe != "none":
+            _fail("--chunked builds sequences without filters; drop --rating-threshold/--min-user/--min-item/--dedupe")
+        data = _guard(load_sequences_chunked, path, spec.columns, fmt)
+    else:
+        data = _load(spec)
     params = _guard(pipeline.parse_params, param, [model])
     m = _guard(pipeline.build_model, model, params.get(model), progress=True)
     if holdout not in ("last", "none"):
@@ -202,8 +212,12 @@ def train(
             info["validation"] = m.validation_
     else:
         _guard(m.fit, data)
-    pipeline.save_bundle(m, out, metrics=metrics, info=info, items_file=items)
-    console.print(f"saved {model} bundle to {out} (fit {m.fit_seconds_:.1f}s)")
+    if distributed.is_main():  # every rank holds the same weights; one writes
+        info["world_size"] = distributed.world_size()
+        pipeline.save_bundle(m, out, metrics=metrics, info=info, items_file=items)
+        console.print(f"saved {model} bundle to {out} (fit {m.fit_seconds_:.1f}s)")
+    distributed.barrier()
+    distributed.cleanup()
 
 
 @app.command()
@@ -299,6 +313,10 @@ def recommend(
     k: int = typer.Option(10, "-k", help="Recommendations per user."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="CSV file to write (default: standard output)."),
     include_history: bool = typer.Option(False, "--include-history", help="Allow items already in the user's history."),
+    index: str = typer.Option(
+        "auto", "--index",
+        help="Retrieval for vector models: auto (exact scoring up to 100k items, HNSW above), exact, hnsw or ivf (FAISS).",
+    ),
 ) -> None:
     """Top-k per user as CSV `user,item,rank,score` in raw ids (rank starts at 1)."""
     from attnrec import pipeline
@@ -306,7 +324,7 @@ def recommend(
 
     m = _guard(Recommender.load, bundle)
     wanted = [u.strip() for u in users.split(",")] if users else None
-    recs = _guard(pipeline.recommend_for_users, m, wanted, k=k, exclude_history=not include_history)
+    recs = _guard(pipeline.recommend_for_users, m, wanted, k=k, exclude_history=not include_history, index=index)
     if out is None:
         console.print("user,item,rank,score")
         for r in recs:
