@@ -202,11 +202,15 @@ def recommend_for_users(
     k: int = 10,
     exclude_history: bool = True,
     batch_size: int = 512,
+    index: str | None = None,
 ) -> list[Recommendation]:
     """Top-``k`` for raw user ids (all users the model knows when ``users`` is None).
 
     Histories are the model's fit-time sequences, so for a bundle trained with
-    the last item held out this is exactly the test-stage ranking.
+    the last item held out this is exactly the test-stage ranking. ``index``
+    (``auto``/``exact``/``hnsw``/``ivf``) answers vector models from a FAISS
+    index (:mod:`attnrec.retrieval`); ``None``, models without vectors and
+    ``auto`` on catalogues small enough for exact search score every item.
     """
     model._check_fitted()
     umap, imap = model.user_map_, model.item_map_
@@ -218,7 +222,20 @@ def recommend_for_users(
             raise KeyError(f"{len(unknown)} unknown user id(s), e.g. {unknown[:5]}")
         dense = np.array([umap.to_dense(u) for u in users], dtype=np.int64)
     histories = [model.user_history(int(u)) for u in dense]
-    ids, scores = model.recommend(histories, k=k, exclude_history=exclude_history, users=dense, batch_size=batch_size)
+    item_index = None
+    if index is not None:
+        from attnrec import retrieval
+
+        kind = retrieval.choose_kind(model.n_items_, index)
+        if retrieval.supports_vectors(model) and not (index == "auto" and kind == "exact"):
+            item_index = retrieval.build_index(model, kind)
+    if item_index is not None:
+        from attnrec.retrieval import recommend as retrieve
+
+        ids, scores = retrieve(model, histories, k=k, exclude_history=exclude_history, users=dense,
+                               index=item_index, batch_size=batch_size)
+    else:
+        ids, scores = model.recommend(histories, k=k, exclude_history=exclude_history, users=dense, batch_size=batch_size)
     out = []
     for row, u in enumerate(dense):
         raw_user = umap.to_raw(int(u))
