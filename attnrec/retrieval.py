@@ -119,7 +119,7 @@ class ItemIndex:
             quantizer = faiss.IndexFlatIP(d)
             index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(seed)
-            sample = X if n <= 256 * nlist else X[rng.choice(n, 256 * nlist, replace=False)]
+            sample = X if n <= 64 * nlist else X[rng.choice(n, 64 * nlist, replace=False)]  # k-means needs ~40+ per list
             index.train(sample)
             index.add(X)
             index.nprobe = min(nprobe, nlist)
