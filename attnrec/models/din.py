@@ -38,7 +38,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.evaluation import metrics_from_ranks
 from attnrec.models.base import Recommender, exclusion_mask, get_model_class, register, top_k
 from attnrec.training import TrainConfig, train
 
@@ -329,6 +328,8 @@ class TwoStage(Recommender):
 
     @torch.no_grad()
     def _cached_ndcg(self, c: dict, blend: float) -> float:
+        from attnrec.evaluation import metrics_from_ranks  # (evaluation imports the models)
+
         order = self._rerank(c["hist"], c["users"], c["idx"], c["vals"], blend)
         ranks = []
         for b, t in enumerate(c["targets"]):
