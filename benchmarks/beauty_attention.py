@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnrec.data.dataset import SequenceData  # noqa: E402
+import attnrec.models  # noqa: E402,F401  (registry first: avoids an import cycle via evaluation)
 from attnrec.evaluation import evaluate  # noqa: E402
 from attnrec.models.sasrec import SASRec, training_windows  # noqa: E402
 
