@@ -19,7 +19,10 @@ layers. Measured with :func:`faithfulness` on a 2-layer SASRec (``mixer="none"``
 planted-rule data (300 training sequences): removing the top-rollout item
 lowered the top recommendation's score more than removing a random item in 79%
 of cases, against 57% for the last layer alone (both 73% on probes where the
-trigger is the second-to-last item). In SASRec the hidden state does not
+trigger is the second-to-last item). On Amazon Beauty (attention-only SASRec,
+1,000 test histories) the rates were 85% for rollout and 40% for the last
+layer, i.e. the last layer alone is *less* informative than a random pick
+there. In SASRec the hidden state does not
 depend on the candidate, so the weights are the same for every ``item`` (the
 argument is kept because target-attention models such as DIN do condition on
 it: a model
