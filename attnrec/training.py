@@ -26,7 +26,8 @@ Distributed (a process group is initialised, e.g. by ``torchrun`` via
 ``batches`` and takes every ``world``-th batch (:func:`attnrec.distributed.shard`),
 so one step averages the gradients of ``world`` batches; only rank 0 evaluates
 (the metric and the stop decision are broadcast, so all ranks stop together)
-and writes checkpoints; every rank resumes from the same checkpoint file.
+and writes checkpoints; on resume rank 0 reads the checkpoint and broadcasts it,
+so the other nodes need not share its file system.
 
 Library code only logs (logger ``attnrec.training``); the tqdm bar can be
 switched off with ``progress=False``.
@@ -128,8 +129,13 @@ def train(
     bad_evals = 0
     start_epoch = 1
     ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_FILE if cfg.checkpoint_dir else None
-    if ckpt_path is not None and cfg.resume and ckpt_path.exists():
+    ck = None
+    if ckpt_path is not None and cfg.resume and dist_utils.is_main() and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if ckpt_path is not None and cfg.resume:
+        # rank 0 reads and sends it: other nodes need not share rank 0's file system
+        ck = dist_utils.broadcast_object(ck)
+    if ck is not None:
         module.load_state_dict(ck["module"])
         optimizer.load_state_dict(ck["optimizer"])
         best_state = ck.get("best_state")
