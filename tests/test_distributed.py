@@ -96,6 +96,10 @@ def _worker(rank: int, port: int, out: str) -> None:
         result["sasrec"] = m.net_.state_dict()
         result["history"] = [(h["epoch"], h.get("NDCG@10")) for h in m.history_]
         result["wrote_checkpoint"] = os.path.exists(os.path.join(ck, "checkpoint.pt"))
+        # resume: rank 1 has no checkpoint file of its own; rank 0's is broadcast to it
+        m2 = SASRec(**{**m.get_params(), "resume": True}).fit(split.train, valid=split.valid)
+        result["resumed"] = m2.net_.state_dict()
+        result["resumed_history"] = [(h["epoch"], h.get("NDCG@10")) for h in m2.history_]
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
         distributed.cleanup()
@@ -122,6 +126,10 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(r1["sasrec"][k], v, atol=0, rtol=0)
     assert r0["history"] == r1["history"] and all(h[1] is not None for h in r0["history"])
     assert r0["wrote_checkpoint"] and not r1["wrote_checkpoint"]
+    for r in (r0, r1):  # the finished run resumes as finished on every rank, best weights kept
+        assert r["resumed_history"] == r0["history"]
+        for k, v in r0["sasrec"].items():
+            torch.testing.assert_close(r["resumed"][k], v, atol=0, rtol=0)
 
 
 def test_shard_takes_every_world_th_batch_and_drops_the_incomplete_group():
