@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(2_000_000, ge=1024)
     max_id_length: int = Field(256, ge=1)
     explain_top: int = Field(5, ge=1, description="History items listed per explained item")
+    index: str = Field(
+        "auto", pattern="^(auto|exact|hnsw|ivf)$",
+        description="Top-k retrieval for vector models (SASRec, BERT4Rec): auto = exact scoring up to "
+        "100k items, a FAISS HNSW index above; exact/hnsw/ivf force a FAISS index of that kind",
+    )
 
     opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry (if available)")
 
