@@ -70,7 +70,7 @@ class ModelSnapshot:
     """A loaded bundle plus everything precomputed for serving it."""
 
     def __init__(self, path: Path, model: Recommender, version: str, config: dict,
-                 catalogue: dict[str, CatalogueEntry] | None, explain_top: int = 5):
+                 catalogue: dict[str, CatalogueEntry] | None, explain_top: int = 5, index: str = "auto"):
         self.path = path
         self.model = model
         self.version = version
@@ -90,6 +90,7 @@ class ModelSnapshot:
         self._raw_items = np.asarray(self.item_map.raw_ids, dtype=object)
         self._build_categories()
         self._setup_scorer()
+        self._setup_index(index)
 
     # ---- ids -------------------------------------------------------------
     def encode_items(self, raws: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -185,6 +186,40 @@ class ModelSnapshot:
                 self._explain_fn = importlib.import_module("attnrec.explain").explain
             except (ImportError, AttributeError):
                 log.info("attnrec.explain not available; explaining with last-layer attention")
+
+    def _setup_index(self, kind: str) -> None:
+        """A FAISS index over the item vectors of vector models (None: score every item)."""
+        from attnrec import retrieval
+
+        self.index = None
+        resolved = retrieval.choose_kind(self.n_items, kind)
+        if not retrieval.supports_vectors(self.model) or (kind == "auto" and resolved == "exact"):
+            return
+        vectors = retrieval.item_vectors(self.model)
+        cached = self.path / f"index-{resolved}-{self.version}.faiss"  # the version names the weights
+        if cached.exists():
+            self.index = retrieval.ItemIndex.load(cached, vectors, resolved)
+            log.info("top-k from the %s index %s", resolved, cached.name)
+            return
+        self.index = retrieval.ItemIndex.build(vectors, resolved)
+        try:  # building HNSW over millions of items takes minutes: keep it for the next load
+            self.index.save(cached)
+        except OSError:
+            log.info("bundle directory not writable; the %s index is rebuilt on every load", resolved)
+
+    def retrieve(self, history: np.ndarray, k: int, seen: np.ndarray | None = None,
+                 exclude: np.ndarray | None = None, allowed: torch.Tensor | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k dense ids and scores from the FAISS index, exclusions applied (needs ``self.index``)."""
+        from attnrec.retrieval import user_vectors
+
+        q = user_vectors(self.model, [history])
+        parts = [np.asarray(x, dtype=np.int64) for x in (seen, exclude) if x is not None and len(x)]
+        banned = np.concatenate(parts) if parts else None
+        ids, sc = self.index.search(q, k, exclude=[banned],
+                                    allowed=None if allowed is None else allowed.numpy())
+        keep = ids[0] > 0
+        return ids[0][keep], sc[0][keep]
 
     def score(self, history: np.ndarray) -> torch.Tensor:
         """Fresh float32 scores ``(n_items + 1,)`` for one history; column 0 is -inf."""
@@ -313,7 +348,7 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def load_snapshot(path: str | Path, explain_top: int = 5) -> ModelSnapshot:
+def load_snapshot(path: str | Path, explain_top: int = 5, index: str = "auto") -> ModelSnapshot:
     """Load a bundle (no pickle: JSON, safetensors and ``allow_pickle=False`` npz)."""
     import json
 
@@ -322,7 +357,7 @@ def load_snapshot(path: str | Path, explain_top: int = 5) -> ModelSnapshot:
     version = bundle_version(path, config)
     model = Recommender.load(path)
     catalogue = read_catalogue(path / "items.csv") if (path / "items.csv").exists() else None
-    snap = ModelSnapshot(path, model, version, config, catalogue, explain_top)
+    snap = ModelSnapshot(path, model, version, config, catalogue, explain_top, index)
     log.info("loaded %s (%d items, %d users, catalogue: %s)", version, snap.n_items,
              len(snap.user_map), "yes" if catalogue else "no")
     return snap
