@@ -78,7 +78,7 @@ class RecService:
         self.store = EventStore(s.resolved_database_url)
         self._deleted = self.store.deleted_digests()
         self._has_events = self.store.users_with_events()
-        self._install(load_snapshot(s.model_path, s.explain_top))
+        self._install(load_snapshot(s.model_path, s.explain_top, s.index))
 
     def close(self) -> None:
         if self.store is not None:
@@ -101,7 +101,7 @@ class RecService:
             old = self.snap
             target = Path(path) if path is not None else old.path
             try:
-                new = await asyncio.to_thread(load_snapshot, target, self.settings.explain_top)
+                new = await asyncio.to_thread(load_snapshot, target, self.settings.explain_top, self.settings.index)
             except Exception:
                 self.metrics.reloads.labels("error").inc()
                 raise
@@ -239,13 +239,16 @@ class RecService:
         allowed = snap.allowed_mask(categories, exclude_categories)
         excl, _ = snap.encode_items(exclude) if exclude else (None, None)
         use_model = known and len(history) > 0
-        if use_model:
-            scores = snap.score(history)
-        else:
-            scores = snap.pop_scores.clone()
-            self.metrics.fallbacks.inc()
         seen = history if exclude_seen else None
-        ids, vals = snap.rank(scores, k, seen, excl, allowed)
+        if use_model and snap.index is not None:  # large catalogue: FAISS instead of scoring every item
+            ids, vals = snap.retrieve(history, k, seen, excl, allowed)
+        else:
+            if use_model:
+                scores = snap.score(history)
+            else:
+                scores = snap.pop_scores.clone()
+                self.metrics.fallbacks.inc()
+            ids, vals = snap.rank(scores, k, seen, excl, allowed)
         cat = snap.catalogue
         items = []
         for raw, sc in zip(snap.raw_items(ids), vals.tolist()):
