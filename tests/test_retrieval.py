@@ -109,3 +109,24 @@ def test_model_recommend_through_index_matches_full_scoring(small_synthetic, tmp
     index.save(tmp_path / "index.faiss")
     again = ItemIndex.load(tmp_path / "index.faiss", index.vectors, "exact")
     np.testing.assert_array_equal(recommend(m, histories, k=10, index=again)[0], want_ids)
+
+
+def test_service_snapshot_answers_from_the_index(small_synthetic, tmp_path):
+    from attnrec.data.preprocess import build_sequences
+    from attnrec.models import SASRec
+    from attnrec.serving.engine import load_snapshot
+
+    data, _ = build_sequences(small_synthetic.log)
+    SASRec(d_model=16, n_layers=1, n_heads=1, max_len=20, epochs=1, num_threads=1).fit(data).save(tmp_path / "b")
+    exact = load_snapshot(tmp_path / "b")  # 80 items: auto = score every item
+    assert exact.index is None
+    snap = load_snapshot(tmp_path / "b", index="hnsw")
+    assert snap.index.kind == "hnsw" and list((tmp_path / "b").glob("index-hnsw-*.faiss"))
+    assert load_snapshot(tmp_path / "b", index="hnsw").index.kind == "hnsw"  # from the cached file
+    for u in range(30):
+        h = snap.model.user_history(u)
+        excl = np.arange(1, 61)  # most of the catalogue excluded on top of the history
+        want = exact.rank(exact.score(h), 10, h, excl, None)
+        got = snap.retrieve(h, 10, h, excl, None)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-4, atol=1e-5)
