@@ -32,7 +32,7 @@ temperature). Non-dot similarities pre-normalise q and k, so they still use the
 fast path (with the temperature folded into q and ``scale=1``).
 
 ``top_k``: sparse attention; per query only the ``k`` highest-scoring allowed
-keys keep weight (exactly ``k``, ties broken by position), the rest get
+keys keep weight (exactly ``k``; exact score ties are resolved by ``torch.topk``), the rest get
 ``-inf`` before the softmax.
 """
 
@@ -214,7 +214,7 @@ class MultiHeadAttention(nn.Module):
         if allowed is not None:
             scores = scores.masked_fill(~allowed, float("-inf"))
         if self.top_k is not None and self.top_k < Tk:
-            # keep exactly top_k keys per query (topk breaks ties by position deterministically enough;
+            # keep exactly top_k keys per query (exact score ties: whichever torch.topk returns;
             # masked keys are -inf and only kept if fewer than k keys are allowed, where they stay -inf)
             idx = scores.topk(self.top_k, dim=-1).indices  # (B, H, Tq, k)
             keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, idx, True)
