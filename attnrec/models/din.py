@@ -75,11 +75,26 @@ class DINNet(nn.Module):
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.05)
 
+    def train(self, mode: bool = True) -> "DINNet":
+        self._tables = None  # cached item/user tables are only valid for frozen weights
+        return super().train(mode)
+
+    def _cached(self, key: str, fn):
+        # at inference the content towers over the whole catalogue are computed once, not per request
+        if self.training:
+            return fn()
+        if getattr(self, "_tables", None) is None:
+            self._tables = {}
+        if key not in self._tables:
+            self._tables[key] = fn()
+        return self._tables[key]
+
     def item_table(self) -> torch.Tensor:
-        e = self.item_emb.weight
-        if self.item_content is not None:
-            e = e + self.item_content()
-        return e  # (V + 1, d)
+        def build():
+            e = self.item_emb.weight
+            return e + self.item_content() if self.item_content is not None else e
+
+        return self._cached("item", build)  # (V + 1, d)
 
     def forward(self, hist: torch.Tensor, cand: torch.Tensor, users: torch.Tensor | None = None):
         """``hist`` (B, L) left-padded ids (most recent last), ``cand`` (B, N) ids ->
@@ -109,7 +124,7 @@ class DINNet(nn.Module):
         u = torch.zeros(B, d, device=h.device)
         if self.user_tower is not None and users is not None:
             known = users >= 0
-            u = self.user_tower()[users.clamp(min=0)] * known[:, None]
+            u = self._cached("user", self.user_tower)[users.clamp(min=0)] * known[:, None]
         # first MLP layer block by block: per-user parts are projected once, not per candidate
         Wv, Wc, Wvc, Wlc, Wl, Wm, Wu = self.fc_in.weight.split(d, dim=1)
         per_user = last @ Wl.T + mean @ Wm.T + u @ Wu.T + self.fc_in.bias  # (B, h)
@@ -342,7 +357,8 @@ class TwoStage(Recommender):
     def ranker_scores(self, histories, cand: torch.Tensor, users=None, chunk: int = 128
                       ) -> torch.Tensor:
         """Ranker logits ``(B, N)`` for candidate ids ``cand``."""
-        self.net_.eval()
+        if self.net_.training:
+            self.net_.eval()
         out = []
         for s in range(0, len(histories), chunk):
             u = None
@@ -392,7 +408,8 @@ class TwoStage(Recommender):
         self._check_fitted()
         h = np.asarray(history, dtype=np.int64)[-self.max_len:]
         u = torch.tensor([user]) if (user is not None and self.user_spec_) else None
-        self.net_.eval()
+        if self.net_.training:
+            self.net_.eval()
         logit, w = self.net_(pad_left([h], self.max_len), torch.tensor([[int(item)]]), u)
         weights = w[0, 0, -len(h):].numpy() if len(h) else np.zeros(0)
         return {"item": int(item), "score": float(logit[0, 0]), "history": h.tolist(),
