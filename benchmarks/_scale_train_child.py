@@ -1,0 +1,74 @@
+"""One rank of `benchmarks/scale.py train` (started by torchrun): bounded SASRec training run.
+
+argv: data steps batch_size threads. Epoch 1 is a 20-step warm-up; epoch 2 runs
+``steps`` optimiser steps (each rank ``batch_size`` random training windows per
+step, sampled softmax with 256 shared negatives) and is the one timed.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnrec import distributed
+from attnrec.data.chunked import load_sequences_chunked
+from attnrec.data.dataset import load_sequences_npz, save_sequences_npz
+from attnrec.models import SASRec
+from attnrec.models.sasrec import training_windows
+from attnrec.training import TrainConfig, train
+
+path, steps, bs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+distributed.init_from_env("gloo")
+torch.set_num_threads(threads)
+world = distributed.world_size()
+t0 = time.perf_counter()
+cache = Path(path + ".seq.npz")  # later runs skip the ~minutes of log parsing
+if cache.exists():
+    data = load_sequences_npz(cache)
+else:
+    data = load_sequences_chunked(path)
+    if distributed.is_main():
+        save_sequences_npz(cache, data)
+t_load = time.perf_counter() - t0
+
+m = SASRec(d_model=64, n_layers=2, n_heads=2, max_len=50, dropout=0.2, loss="sampled_softmax",
+           n_negatives=256, batch_size=bs)
+m.n_items_, m.dropout_, m._neg_probs = data.n_items, 0.2, None
+torch.manual_seed(0)
+m.net_ = m._build(data.n_items)
+starts, lens = training_windows(data, m.max_len)
+targets = {1: 0, 2: 0}
+
+
+def batches(epoch, rng):
+    n_steps = 20 if epoch == 1 else steps
+    for _ in range(n_steps * world):  # every rank builds the same list and takes its share
+        sel = rng.integers(0, len(starts), bs)
+        s, n = starts[sel], lens[sel]
+        T = int(n.max())
+        ar = np.arange(T)
+        mask = ar[None, :] < n[:, None]
+        pos = np.where(mask, s[:, None] + ar[None, :], 0)
+        seq = torch.from_numpy(np.where(mask, data.items[pos], 0))
+        tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
+        yield epoch, seq, tgt, torch.from_numpy(mask)
+
+
+def loss_fn(module, batch):
+    epoch, seq, tgt, mask = batch
+    targets[epoch] += int(mask.sum())
+    return m._loss(module(seq)[mask], tgt[mask])
+
+
+res = train(m.net_, batches, loss_fn, TrainConfig(epochs=2, lr=1e-3, progress=False, patience=None))
+total = distributed.all_reduce_sum([targets[2]])[0]
+secs = res.history[1]["seconds"]
+if distributed.is_main():
+    print(json.dumps({"users": data.n_users, "items": data.n_items, "interactions": data.n_interactions,
+                      "load_s": round(t_load, 1), "steps": steps, "batch_per_proc": bs,
+                      "targets": int(total), "seconds": round(secs, 2),
+                      "events_per_s": round(total / secs, 1), "loss": round(res.history[1]["loss"], 4)}))
+distributed.cleanup()
