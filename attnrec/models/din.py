@@ -322,6 +322,8 @@ class TwoStage(Recommender):
         if self.blend is not None:
             self.blend_ = float(self.blend)
         elif vcache is not None:
+            # the ranker's logits do not depend on the blend: compute them once
+            vcache["ranker"] = self.ranker_scores(vcache["hist"], vcache["idx"], vcache["users"])
             scores = {b: self._cached_ndcg(vcache, b) for b in BLEND_GRID}
             self.blend_ = max(scores, key=lambda b: (scores[b], -b if math.isfinite(b) else -1e9))
             self.blend_scores_ = scores
@@ -345,7 +347,7 @@ class TwoStage(Recommender):
     def _cached_ndcg(self, c: dict, blend: float) -> float:
         from attnrec.evaluation import metrics_from_ranks  # (evaluation imports the models)
 
-        order = self._rerank(c["hist"], c["users"], c["idx"], c["vals"], blend)
+        order = self._rerank(c["hist"], c["users"], c["idx"], c["vals"], blend, c.get("ranker"))
         ranks = []
         for b, t in enumerate(c["targets"]):
             pos = {int(i): r + 1 for r, i in enumerate(order[b].tolist()) if i}
@@ -368,18 +370,20 @@ class TwoStage(Recommender):
                                  cand[s:s + chunk], u)[0])
         return torch.cat(out) if out else torch.zeros(0, cand.shape[1])
 
-    def _blended(self, histories, users, idx, vals, blend) -> torch.Tensor:
+    def _blended(self, histories, users, idx, vals, blend, ranker=None) -> torch.Tensor:
         ok = idx > 0
         if math.isinf(blend):
             r = vals.clone()
         else:
-            r = _z(self.ranker_scores(histories, idx, users), ok)
+            if ranker is None:
+                ranker = self.ranker_scores(histories, idx, users)
+            r = _z(ranker, ok)
             if blend:
                 r = r + blend * _z(vals.masked_fill(~ok, 0.0), ok)
         return r.masked_fill(~ok, float("-inf"))
 
-    def _rerank(self, histories, users, idx, vals, blend) -> torch.Tensor:
-        r = self._blended(histories, users, idx, vals, blend)
+    def _rerank(self, histories, users, idx, vals, blend, ranker=None) -> torch.Tensor:
+        r = self._blended(histories, users, idx, vals, blend, ranker)
         o = torch.sort(r, dim=1, descending=True, stable=True).indices
         return idx.gather(1, o)
 
