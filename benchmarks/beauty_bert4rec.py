@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         "epochs_final": model.epochs_run_,
         "seconds_per_epoch_selection": float(np.median(sel_secs)),
         "seconds_per_epoch_final": float(np.median([h["seconds"] for h in model.history_])),
-        "eval_seconds_per_epoch": float(np.median([h.get("eval_seconds", 0.0) for h in sel["history"]])),
+        "eval_seconds_median": float(np.median([h["eval_seconds"] for h in sel["history"] if "eval_seconds" in h] or [0.0])),
         "training_wall_seconds": t_train,
         "total_wall_seconds": time.perf_counter() - t_all,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
