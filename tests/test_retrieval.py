@@ -32,7 +32,7 @@ def exact_topk(X, q, k, banned=(), allowed=None):
 
 def test_choose_kind():
     assert choose_kind(1000) == "exact"
-    assert choose_kind(AUTO_EXACT_MAX_ITEMS + 1) == "hnsw"
+    assert choose_kind(AUTO_EXACT_MAX_ITEMS + 1) == "ivf"
     assert choose_kind(10, "ivf") == "ivf"
     with pytest.raises(ValueError):
         choose_kind(10, "annoy")
