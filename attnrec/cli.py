@@ -315,7 +315,7 @@ def recommend(
     include_history: bool = typer.Option(False, "--include-history", help="Allow items already in the user's history."),
     index: str = typer.Option(
         "auto", "--index",
-        help="Retrieval for vector models: auto (exact scoring up to 100k items, HNSW above), exact, hnsw or ivf (FAISS).",
+        help="Retrieval for vector models: auto (exact scoring up to 100k items, IVF above), exact, hnsw or ivf (FAISS).",
     ),
 ) -> None:
     """Top-k per user as CSV `user,item,rank,score` in raw ids (rank starts at 1)."""
