@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     index: str = Field(
         "auto", pattern="^(auto|exact|hnsw|ivf)$",
         description="Top-k retrieval for vector models (SASRec, BERT4Rec): auto = exact scoring up to "
-        "100k items, a FAISS HNSW index above; exact/hnsw/ivf force a FAISS index of that kind",
+        "100k items, a FAISS IVF index above; exact/hnsw/ivf force a FAISS index of that kind",
     )
 
     opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry (if available)")
