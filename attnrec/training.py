@@ -71,6 +71,8 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     resume: bool = False
     bf16: bool = False
+    # torch.compile of the loss closure. Off by default: on this CPU machine 2 epochs of the tiny
+    # test SASRec took 185 s with it (compilation + recompiles for varying batch shapes) vs ~1 s without.
     compile: bool = False
     num_threads: int | None = None
     progress: bool = True
