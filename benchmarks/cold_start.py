@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--max-len", type=int, default=50)
-    ap.add_argument("--item-dropout", type=float, default=0.2)
+    ap.add_argument("--item-dropout", type=float, default=0.1)
     ap.add_argument("--text-cache", default=None)
     ap.add_argument("--models", default="pop,text-sim,sasrec,sasrec-content")
     ap.add_argument("--train-last", type=int, default=None,

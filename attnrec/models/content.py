@@ -271,7 +271,7 @@ class ContentSASRec(_ContentMixin, SASRec):
     def __init__(self, item_features: str | None = None, feature_kinds: dict | None = None,
                  text_columns: list | None = None, text_model: str = "all-MiniLM-L6-v2",
                  text_cache: str | None = None, use_features: list | None = None,
-                 min_count: int = 1, item_dropout: float = 0.2, **sasrec_params: Any):
+                 min_count: int = 1, item_dropout: float = 0.1, **sasrec_params: Any):
         super().__init__(**sasrec_params)
         self.item_features = item_features
         self.feature_kinds = feature_kinds

@@ -82,7 +82,7 @@ def trained(shop, tmp_path_factory):
 
 def test_params_include_sasrec_hyperparameters():
     p = ContentSASRec(d_model=16).get_params()
-    assert p["d_model"] == 16 and p["item_dropout"] == 0.2 and "item_features" in p
+    assert p["d_model"] == 16 and p["item_dropout"] == 0.1 and "item_features" in p
 
 
 def test_catalogue_items_without_interactions_are_recommendable(trained):
