@@ -11,6 +11,7 @@ import csv
 import hashlib
 import importlib
 import logging
+import threading
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,50 @@ def read_catalogue(path: Path) -> dict[str, CatalogueEntry]:
                 row.get("name") or None, row.get("category") or None, row.get("description") or None
             )
     return cat
+
+
+class MicroBatcher:
+    """Coalesce concurrent single-history forwards into one batched forward.
+
+    Requests arrive on the thread pool one user at a time; a network forward for
+    a batch of 10 costs little more than for one, whereas 10 concurrent forwards
+    on 2 cores fight over them. The first waiting thread becomes the leader,
+    scores everything queued (up to ``max_batch``) and wakes the others.
+    """
+
+    def __init__(self, fn, max_batch: int = 64):
+        self.fn = fn
+        self.max_batch = max_batch
+        self._cv = threading.Condition()
+        self._pending: list[list] = []  # [history, result, error]
+        self._busy = False
+
+    def __call__(self, history: np.ndarray) -> torch.Tensor:
+        slot = [history, None, None]
+        with self._cv:
+            self._pending.append(slot)
+            while self._busy and slot[1] is None and slot[2] is None:
+                self._cv.wait()
+            if slot[1] is None and slot[2] is None:
+                self._busy = True
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+            else:
+                batch = None
+        if batch is not None:
+            try:
+                for s, row in zip(batch, self.fn([s[0] for s in batch])):
+                    s[1] = row
+            except BaseException as e:  # every waiter of this batch gets the error
+                for s in batch:
+                    s[2] = e
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+        if slot[2] is not None:
+            raise slot[2]
+        return slot[1]
 
 
 class ModelSnapshot:
@@ -167,6 +212,7 @@ class ModelSnapshot:
         self._item_weights = None  # dense (I+1, I) EASE weights
         self._item_sim = None  # sparse (I+1, I+1) kNN similarities
         self.inline = True  # cheap enough to run on the event loop
+        self._batched_forward = MicroBatcher(self._forward_many)
         name = self.model_name
         if name == "ease" and isinstance(getattr(m, "weights_", None), torch.Tensor):
             self._item_weights = m.weights_.float().contiguous()
@@ -239,10 +285,14 @@ class ModelSnapshot:
             else:
                 s = torch.zeros(n)
         else:
-            with torch.no_grad():
-                s = self.model.score([np.asarray(history, dtype=np.int64)])[0].float().clone()
+            s = self._batched_forward(np.asarray(history, dtype=np.int64))
         s[0] = NEG_INF
         return s
+
+    def _forward_many(self, histories: list[np.ndarray]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            out = self.model.score(histories).float()
+        return [row.clone() for row in out]
 
     def rank(self, scores: torch.Tensor, k: int, seen: np.ndarray | None = None,
              exclude: np.ndarray | None = None, allowed: torch.Tensor | None = None
