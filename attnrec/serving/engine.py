@@ -85,17 +85,19 @@ class MicroBatcher:
 
     def __call__(self, history: np.ndarray) -> torch.Tensor:
         slot = [history, None, None]
+        done = lambda: slot[1] is not None or slot[2] is not None  # noqa: E731
         with self._cv:
             self._pending.append(slot)
-            while self._busy and slot[1] is None and slot[2] is None:
-                self._cv.wait()
-            if slot[1] is None and slot[2] is None:
+        while True:
+            with self._cv:
+                while self._busy and not done():
+                    self._cv.wait()
+                if done():
+                    break
+                # lead: score the oldest queued histories (ours may be further back: loop)
                 self._busy = True
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
-            else:
-                batch = None
-        if batch is not None:
             try:
                 for s, row in zip(batch, self.fn([s[0] for s in batch])):
                     s[1] = row
