@@ -215,6 +215,7 @@ class ModelSnapshot:
         self._item_sim = None  # sparse (I+1, I+1) kNN similarities
         self.inline = True  # cheap enough to run on the event loop
         self._batched_forward = MicroBatcher(self._forward_many)
+        self._batched_rollout = MicroBatcher(self._rollout_many)
         name = self.model_name
         if name == "ease" and isinstance(getattr(m, "weights_", None), torch.Tensor):
             self._item_weights = m.weights_.float().contiguous()
@@ -291,6 +292,13 @@ class ModelSnapshot:
         s[0] = NEG_INF
         return s
 
+    def _rollout_many(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        from attnrec.explain import _attention_rows
+
+        with torch.no_grad():
+            rows, offsets = _attention_rows(self.model, histories, "rollout")
+        return list(zip(rows, offsets))
+
     def _forward_many(self, histories: list[np.ndarray]) -> list[torch.Tensor]:
         with torch.no_grad():
             out = self.model.score(histories).float()
@@ -346,6 +354,11 @@ class ModelSnapshot:
             # weights depend on the candidate only for target-attention models
             # (explain_weights); otherwise one pass serves every recommended item
             per_item = hasattr(self.model, "explain_weights")
+            if not per_item:  # one rollout per history, batched with concurrent requests
+                w, off = self._batched_rollout(np.asarray(history, dtype=np.int64))
+                order = np.argsort(-w, kind="stable")[: self.explain_top]
+                row = [(off + int(p), int(history[off + p]), float(w[p])) for p in order]
+                return [row for _ in recs]
             out, shared = [], None
             for item in recs:
                 if per_item or shared is None:
