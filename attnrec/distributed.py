@@ -125,5 +125,7 @@ def shard(batches: Iterable[Any], rank: int, world: int) -> Iterator[Any]:
 
 
 def cleanup() -> None:
+    """Leave the process group; the barrier keeps a fast rank from tearing down mid-collective."""
     if dist.is_available() and dist.is_initialized():
+        barrier()
         dist.destroy_process_group()
