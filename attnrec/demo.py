@@ -22,12 +22,12 @@ from attnrec.pipeline import (
 
 log = logging.getLogger(__name__)
 
-# Small, quick settings: the demo should finish in about a minute on 2 cores.
+# Quick settings: the demo should finish in a few minutes on 2 cores.
 DEMO_MODELS: dict[str, dict] = {
     "pop": {},
     "itemknn": {},
     "ease": {"l2": 100.0},
-    "sasrec": {"epochs": 10, "patience": 3},
+    "sasrec": {"epochs": 20},
 }
 
 
