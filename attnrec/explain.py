@@ -117,7 +117,11 @@ def faithfulness(
         hs = cand[s : s + batch]
         top_items, _ = model.recommend(hs, k=1)
         top_items = top_items[:, 0]
-        rows, offs = _attention_rows(model, hs, method)
+        if hasattr(model, "explain_weights"):  # e.g. BERT4Rec's [MASK] row, DIN's target attention
+            rows = [np.asarray(model.explain_weights(h, int(i)), dtype=np.float64) for h, i in zip(hs, top_items)]
+            offs = [len(h) - len(r) for h, r in zip(hs, rows)]
+        else:
+            rows, offs = _attention_rows(model, hs, method)
         removed_top, removed_rand = [], []
         for h, row, off in zip(hs, rows, offs):
             i_top = off + int(np.argmax(row))

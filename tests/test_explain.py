@@ -41,3 +41,28 @@ def test_faithfulness_top_attended_removal_hurts_more(model):
     res = faithfulness(model, probes.histories(), n=200)
     assert res["n"] == 200
     assert res["rate"] > 0.7, res
+
+
+def test_faithfulness_uses_explain_weights_when_the_model_has_them(monkeypatch):
+    """Models with their own explanation (BERT4Rec's mask row, DIN) are judged by it, not by row n-1."""
+    import numpy as np
+    import torch
+
+    from attnrec.explain import faithfulness
+
+    class Stub:
+        def recommend(self, hs, k):
+            return np.ones((len(hs), 1), dtype=np.int64), None
+
+        def explain_weights(self, history, item):
+            w = np.zeros(len(history))
+            w[0] = 1.0  # the oldest item is the one that matters
+            return w
+
+        def score(self, hs):
+            # item 1's score is the value of the history's first element
+            return torch.tensor([[0.0, float(h[0])] for h in hs])
+
+    hs = [np.array([5, 1, 1, 1]), np.array([7, 2, 2])]
+    res = faithfulness(Stub(), hs, n=10)
+    assert res["n"] == 2 and res["rate"] == 1.0
