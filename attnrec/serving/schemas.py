@@ -46,6 +46,23 @@ class EventAck(Strict):
     model_version: str
 
 
+# ---- catalogue --------------------------------------------------------------------
+class ItemIn(Strict):
+    item: RawId
+    name: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    category: Annotated[str, StringConstraints(max_length=256)] | None = None
+    description: Annotated[str, StringConstraints(max_length=20_000)] | None = None
+
+
+class ItemsIn(Strict):
+    items: list[ItemIn] = Field(min_length=1, max_length=HARD_MAX_LIST)
+
+
+class ItemsAdded(Strict):
+    added: list[str] = Field(description="Raw ids the model can now recommend")
+    model_version: str
+
+
 # ---- recommendations ------------------------------------------------------------
 class Because(Strict):
     item: str = Field(description="History item the model attended to")

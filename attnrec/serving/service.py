@@ -95,6 +95,27 @@ class RecService:
             raise RuntimeError("no model loaded")
         return self.current
 
+    async def add_items(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Describe new (or existing) items to a content-aware model: recommendable at once, no retraining.
+
+        The live model is never mutated: a copy gets the items and is swapped in
+        atomically, so requests in flight finish on the old one. A reload from
+        disk (API or file change) returns to the bundle's catalogue.
+        """
+        if len(rows) > self.settings.max_batch:
+            raise BadRequest(f"at most {self.settings.max_batch} items per request, got {len(rows)}")
+        async with self._reload_lock:
+            old = self.snap
+            if not callable(getattr(old.model, "add_items", None)):
+                raise BadRequest(
+                    f"the served model ({old.model_name}) cannot take new items without retraining; "
+                    "serve a content-aware model such as sasrec-content"
+                )
+            new = await asyncio.to_thread(_with_items, old, rows, self.settings)
+            self._install(new)
+            log.info("added %d item(s): %s -> %s", len(rows), old.version, new.version)
+            return {"added": [r["item_id"] for r in rows], "model_version": new.version}
+
     async def reload(self, path: str | Path | None = None) -> tuple[str, str]:
         """Load a bundle off the event loop and swap it in; the old one keeps serving meanwhile."""
         async with self._reload_lock:
@@ -297,6 +318,20 @@ class RecService:
                 except KeyError:
                     break
         return out
+
+
+def _with_items(old: ModelSnapshot, rows: list[dict[str, Any]], settings: Settings) -> ModelSnapshot:
+    import copy
+
+    from attnrec.serving.engine import CatalogueEntry
+
+    model = copy.deepcopy(old.model)
+    model.add_items(rows)
+    catalogue = dict(old.catalogue or {})
+    for r in rows:
+        catalogue[r["item_id"]] = CatalogueEntry(r.get("name"), r.get("category"), r.get("description"))
+    version = f"{old.version}+items{len(model.item_map_)}"
+    return ModelSnapshot(old.path, model, version, old.config, catalogue, settings.explain_top, settings.index)
 
 
 def _stat(path: Path) -> tuple | None:

@@ -8,9 +8,9 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, query_openapi, query_parser, snapshot
+from attnrec.serving.deps import ServiceDep, WriteKey, check_limit, query_openapi, query_parser, snapshot
 from attnrec.serving.responses import FastJSON
-from attnrec.serving.schemas import ItemOut, RawId, Recommendations, SimilarQuery
+from attnrec.serving.schemas import ItemOut, ItemsAdded, ItemsIn, RawId, Recommendations, SimilarQuery
 
 router = APIRouter(prefix="/items", tags=["items"])
 
@@ -51,3 +51,12 @@ async def similar_items(request: Request, item: ItemPath, service: ServiceDep) -
     else:
         out = await run_in_threadpool(service.recommend_history, snap, history, True, **kw)
     return FastJSON(out)
+
+
+@router.post("", response_model=ItemsAdded, status_code=status.HTTP_201_CREATED, dependencies=[WriteKey],
+             summary="Add or re-describe catalogue items (content-aware models: recommendable without retraining)")
+async def add_items(body: ItemsIn, service: ServiceDep) -> FastJSON:
+    rows = [{"item_id": i.item, "name": i.name, "category": i.category, "description": i.description}
+            for i in body.items]
+    out = await service.add_items(rows)
+    return FastJSON(out, status_code=status.HTTP_201_CREATED)
