@@ -7,17 +7,7 @@ from tests.serving.conftest import AUTH
 
 from attnrec.content import TextEncoder
 from attnrec.models.content import ContentSASRec
-
-
-def bow(texts, dim=64):
-    """Deterministic bag-of-words 'sentence encoder' (no model download)."""
-    import zlib
-
-    out = np.zeros((len(texts), dim), np.float32)
-    for i, t in enumerate(texts):
-        for w in t.lower().replace(".", " ").replace(",", " ").replace(":", " ").split():
-            out[i, zlib.crc32(w.encode()) % dim] += 1.0
-    return out
+from tests.models.test_cold_start import bow
 
 
 @pytest.fixture
