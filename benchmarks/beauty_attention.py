@@ -34,23 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from attnrec.data.dataset import SequenceData  # noqa: E402
+from attnrec.data.preprocess import load_dataset  # noqa: E402
 import attnrec.models  # noqa: E402,F401  (registry first: avoids an import cycle via evaluation)
 from attnrec.evaluation import evaluate  # noqa: E402
 from attnrec.models.sasrec import SASRec, training_windows  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_attention")
-
-
-def load_beauty(path: Path) -> SequenceData:
-    seqs = []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 1:
-                seqs.append([int(x) for x in parts[1:]])
-    n_items = max(max(s) for s in seqs)
-    return SequenceData.from_lists(seqs, n_items)
 
 
 def loo_split(data: SequenceData):
@@ -197,7 +187,7 @@ def main(argv=None) -> dict:
     p = model.get_params()
 
     t_all = time.perf_counter()
-    data = load_beauty(Path(args.data))
+    data = load_dataset(Path(args.data))[0]  # the library loader: ids as in the file
     split = loo_split(data)
     V = data.n_items
     dtype = torch.bfloat16 if p["bf16"] else torch.float32

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attnrec.data.dataset import SequenceData  # noqa: E402
+from attnrec.data.preprocess import load_dataset  # noqa: E402
 from attnrec.data.splits import leave_one_out  # noqa: E402
 from attnrec.evaluation import evaluate  # noqa: E402
 from attnrec.models.bert4rec import BERT4Rec  # noqa: E402
@@ -36,17 +36,6 @@ from attnrec.pipeline import fit_for_test, parse_value  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_bert4rec")
-
-
-def load_beauty(path: Path) -> SequenceData:
-    """``user item1 item2 ...`` lines with the file's own item ids (1..n_items)."""
-    seqs = []
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 1:
-                seqs.append([int(x) for x in parts[1:]])
-    return SequenceData.from_lists(seqs, max(max(s) for s in seqs))
 
 
 def main(argv=None) -> dict:
@@ -67,7 +56,7 @@ def main(argv=None) -> dict:
     model = BERT4Rec().set_params(**params)
 
     t_all = time.perf_counter()
-    data = load_beauty(Path(args.data))
+    data = load_dataset(Path(args.data))[0]  # the library loader: ids as in the file
     split = leave_one_out(data)
     t0 = time.perf_counter()
     if args.protocol == "refit":

@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from attnrec.serving.deps import ServiceDep, check_limit, snapshot
-from attnrec.serving.engine import ModelSnapshot
+from attnrec.serving.engine import ModelSnapshot, _json_safe
 from attnrec.serving.responses import FastJSON
 from attnrec.serving.schemas import HARD_MAX_LIST, RawId, Strict
 
@@ -231,7 +231,7 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
         "params": {k: params[k] for k in _CARD_PARAMS if k in params},
         "metrics": info.get("metrics") or {}, "validation": validation, "training": training,
     }
-    return FastJSON(_finite(card))
+    return FastJSON(_json_safe(card))
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -285,12 +285,3 @@ async def session_attention(request: Request, body: SessionAttentionRequest,
         h["live"] = False
     return FastJSON(out)
 
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
