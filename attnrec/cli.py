@@ -365,6 +365,9 @@ def demo(
     console.print(f"\nnext: attnrec serve --model {report.bundle} --dev")
 
 
+INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
+
+
 @app.command()
 def serve(
     model: Path = typer.Option(..., "--model", help="Bundle directory to serve."),
@@ -373,13 +376,17 @@ def serve(
     port: int = typer.Option(8000, "--port"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Directory for the default SQLite database."),
     dev: bool = typer.Option(False, "--dev", help="Local development: allow write endpoints without an API key."),
+    index: Optional[str] = typer.Option(
+        None, "--index", help="Top-k retrieval: auto (exact up to 100k items, FAISS IVF above), exact, hnsw, ivf."),
 ) -> None:
     """Serve a bundle over HTTP with live events and explanations (OpenAPI docs at /docs)."""
+    if index is not None and index not in INDEX_KINDS:
+        _fail(f"--index must be one of {', '.join(INDEX_KINDS)}, got {index!r}")
     try:
         from attnrec.serving import run
     except ImportError as e:
         _fail(f"the service needs the 'serve' extra: pip install 'attnrec[serve]' ({e})")
-    _guard(run, model=model, db=db, host=host, port=port, data_dir=data_dir, dev=dev)
+    _guard(run, model=model, db=db, host=host, port=port, data_dir=data_dir, dev=dev, index=index)
 
 
 def main() -> None:  # pragma: no cover

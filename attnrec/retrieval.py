@@ -79,6 +79,12 @@ def user_vectors(model, histories: Sequence[np.ndarray]) -> np.ndarray:
                                     .float().cpu().numpy())
 
 
+def default_nprobe(nlist: int) -> int:
+    """Lists an IVF query visits: 1/16 of them (recall@10 ~0.97 at 1M items, 4,000 lists),
+    but at least 16 (or all): with few lists one list is most of the catalogue's neighbours."""
+    return max(nlist // 16, min(nlist, 16))
+
+
 class ItemIndex:
     """A FAISS index over item vectors ``(n_items + 1, d)`` (row 0, padding, is not indexed).
 
@@ -125,7 +131,7 @@ class ItemIndex:
             sample = X if n <= 64 * nlist else X[rng.choice(n, 64 * nlist, replace=False)]  # k-means needs ~40+ per list
             index.train(sample)
             index.add(X)
-            index.nprobe = min(nprobe or max(1, nlist // 16), nlist)  # 1/16 of the lists: recall ~0.97
+            index.nprobe = min(nprobe or default_nprobe(nlist), nlist)
         log.info("built %s index over %d items (d=%d) in %.1fs", kind, n, d, time.perf_counter() - t0)
         return cls(index, vectors, kind)
 

@@ -14,7 +14,10 @@ A model supplies three closures and a :class:`TrainConfig`:
 * ``evaluate() -> float`` (optional): the validation metric, higher is better
   (e.g. NDCG@10 by full ranking via :func:`attnrec.evaluation.evaluate`).
 
-:func:`train` runs AdamW, evaluates every ``eval_every`` epochs, stops early
+:func:`train` runs AdamW (and ``SparseAdam`` for the weights of any
+``nn.Embedding(sparse=True)``: their gradients touch only the rows of a batch,
+so a million-item table costs per step what the batch touches, not the
+catalogue; such gradients are all-reduced sparsely under DDP), evaluates every ``eval_every`` epochs, stops early
 after ``patience`` evaluations without improvement, restores the best weights,
 checkpoints to ``checkpoint_dir`` after every epoch and continues from there
 with ``resume=True``. Randomness is seeded per epoch (python, numpy, torch), so
@@ -121,7 +124,7 @@ def train(
         torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
     params = list(module.parameters()) if params is None else list(params)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    optimizer = _Optimizer(module, params, cfg)
     step_loss = loss_fn
     if cfg.compile:
         step_loss = torch.compile(loss_fn)  # type: ignore[assignment]
@@ -194,7 +197,7 @@ def train(
                 if manual_sync:
                     _all_reduce_mean_grads(params, world)
                 if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    _clip_grad_norm(params, cfg.grad_clip)
                 optimizer.step()
                 total += float(loss.detach())
                 n += 1
@@ -259,6 +262,63 @@ def train(
     module.eval()
     result.seconds = time.perf_counter() - t_train
     return result
+
+
+class _Optimizer:
+    """AdamW for dense parameters, ``SparseAdam`` for sparse-gradient embedding tables.
+
+    ``SparseAdam`` is Adam applied lazily to the rows a step touched (no weight
+    decay): the only optimiser in torch that accepts sparse gradients.
+    """
+
+    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], cfg: TrainConfig):
+        sparse_ids = {id(m.weight) for m in module.modules()
+                      if isinstance(m, torch.nn.Embedding) and m.sparse}
+        dense = [p for p in params if id(p) not in sparse_ids]
+        sparse = [p for p in params if id(p) in sparse_ids]
+        self.optimizers: list[torch.optim.Optimizer] = [
+            torch.optim.AdamW(dense, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)]
+        if sparse:
+            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr, betas=tuple(cfg.betas)))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        states = state["optimizers"] if "optimizers" in state else [state]  # older checkpoints: one AdamW
+        if len(states) != len(self.optimizers):
+            raise ValueError(f"checkpoint has {len(states)} optimiser states, this model needs "
+                             f"{len(self.optimizers)} (sparse embeddings switched on or off?)")
+        for o, st in zip(self.optimizers, states):
+            o.load_state_dict(st)
+
+
+def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """``clip_grad_norm_`` that also handles sparse gradients (coalesced first: duplicates summed)."""
+    grads = []
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce()
+            grads.append(p.grad._values())
+        else:
+            grads.append(p.grad)
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    coef = max_norm / (float(total) + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
 
 
 def _takes_module(loss_fn: Callable[..., torch.Tensor]) -> bool:

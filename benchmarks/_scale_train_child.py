@@ -70,6 +70,7 @@ if distributed.is_main():
     print(json.dumps({"users": data.n_users, "items": data.n_items, "interactions": data.n_interactions,
                       "load_s": round(t_load, 1), "steps": steps, "batch_per_proc": bs,
                       "targets": int(total), "seconds": round(secs, 2),
-                      "events_per_s": round(total / secs, 1), "loss": round(res.history[1]["loss"], 4)}),
+                      "events_per_s": round(total / secs, 1),
+                      "sparse_grad": bool(m.net_.sparse_grad), "loss": round(res.history[1]["loss"], 4)}),
           flush=True)  # before teardown: a dying peer gets this rank SIGTERMed
 distributed.cleanup()

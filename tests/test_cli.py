@@ -110,3 +110,15 @@ def test_bad_options_get_clear_errors(shop):
     assert r.exit_code == 2 and "key=value" in r.output
     r = invoke("train", shop / "interactions.csv", "-m", "ease", "-o", "x", "--param", "bogus=1")
     assert r.exit_code == 2 and "bogus" in r.output
+
+
+def test_serve_index_option_is_checked_and_passed_on(monkeypatch, tmp_path):
+    import attnrec.serving as serving
+
+    r = invoke("serve", "--model", tmp_path, "--index", "bogus")
+    assert r.exit_code != 0 and "--index must be one of auto, exact, hnsw, ivf" in r.output
+    seen = {}
+    monkeypatch.setattr(serving, "run", lambda **kw: seen.update(kw))
+    r = invoke("serve", "--model", tmp_path, "--index", "ivf")
+    assert r.exit_code == 0, r.output
+    assert seen["index"] == "ivf" and seen["model"] == tmp_path

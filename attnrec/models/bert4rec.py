@@ -316,9 +316,9 @@ class BERT4Rec(Recommender):
                 inp = np.where(m, mask_id, seq)
                 yield torch.from_numpy(inp), torch.from_numpy(seq), torch.from_numpy(m)
 
-        def loss_fn(batch) -> torch.Tensor:
+        def loss_fn(module, batch) -> torch.Tensor:
             inp, seq, m = batch
-            h = net(inp)  # (B, T, d)
+            h = module(inp)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             return self._loss(net.project(h[m]), seq[m])  # (N, d + 1), (N,)
 
         evaluate_fn = None

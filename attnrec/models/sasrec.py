@@ -31,6 +31,12 @@ Losses (``loss=``):
   ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``, ``alpha = n_negatives/(n_items-1)``,
   ``t = gbce_t``.
 
+Large catalogues: with a sampled loss a step touches only the items of its
+batch and its negatives, so ``sparse_grad`` (``"auto"``: on from 100,000 items)
+gives the item tables row-sparse gradients, updated by ``SparseAdam`` and
+all-reduced sparsely under DDP; per-step cost then follows the batch, not the
+catalogue (``benchmarks/scale.py train``).
+
 ``mixer="lowpass"`` (the default; ``mixer="none"`` is plain SASRec) adds a
 BSARec-style (Shin et al., AAAI 2024) inductive-bias branch beside
 self-attention in every block: a *causal* low-pass filter (an exponentially
@@ -48,7 +54,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -96,13 +102,16 @@ class SASRecNet(nn.Module):
     """Item + position embeddings -> causal transformer blocks -> hidden states."""
 
     def __init__(self, n_items: int, max_len: int, cfg: AttentionConfig, n_layers: int,
-                 shared_embeddings: bool = True, mixer: str = "none", alpha: float = 0.5):
+                 shared_embeddings: bool = True, mixer: str = "none", alpha: float = 0.5,
+                 sparse_grad: bool = False):
         super().__init__()
         d = cfg.d_model
         self.n_items = n_items
         self.max_len = max_len
         self.cfg = cfg
-        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0)
+        # sparse_grad: item tables get row-sparse gradients (SparseAdam in the training loop)
+        self.sparse_grad = sparse_grad
+        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_grad)
         self.pos_emb = nn.Embedding(max_len, d)
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
@@ -110,7 +119,8 @@ class SASRecNet(nn.Module):
             for _ in range(n_layers)
         )
         self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
-        self.out_emb = None if shared_embeddings else nn.Embedding(n_items + 1, d, padding_idx=0)
+        self.out_emb = (None if shared_embeddings
+                        else nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_grad))
         self.apply(self._init)
 
     @staticmethod
@@ -128,6 +138,10 @@ class SASRecNet(nn.Module):
     def output_weight(self) -> torch.Tensor:
         """``(n_items + 1, d)`` output item embeddings (row 0 = padding)."""
         return (self.out_emb if self.out_emb is not None else self.item_emb).weight
+
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Output embeddings of ``ids`` (any shape) -> ``ids.shape + (d,)``; row-sparse gradient if asked."""
+        return F.embedding(ids, self.output_weight(), sparse=self.sparse_grad)
 
     def forward(self, seq: torch.Tensor, need_weights: bool = False):
         """``seq`` (B, T) right-padded item ids -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
@@ -287,6 +301,7 @@ class SASRec(Recommender):
         progress: bool = False,
         max_seconds: float | None = None,
         ce_chunk: int = 256,
+        sparse_grad: bool | str = "auto",
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -319,6 +334,7 @@ class SASRec(Recommender):
         self.progress = progress
         self.max_seconds = max_seconds
         self.ce_chunk = ce_chunk
+        self.sparse_grad = sparse_grad
 
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:
@@ -339,7 +355,27 @@ class SASRec(Recommender):
         if self.mixer not in ("none", "lowpass"):
             raise ValueError(f"mixer must be 'none' or 'lowpass', got {self.mixer!r}")
         return SASRecNet(n_items, self.max_len, self._attention_config(), self.n_layers,
-                         self.shared_embeddings, self.mixer, self.alpha)
+                         self.shared_embeddings, self.mixer, self.alpha,
+                         sparse_grad=self._sparse_grad_value(n_items))
+
+    #: catalogue size from which ``sparse_grad="auto"`` switches sparse gradients on
+    SPARSE_GRAD_MIN_ITEMS: ClassVar[int] = 100_000
+
+    def _sparse_grad_value(self, n_items: int) -> bool:
+        """Row-sparse item-table gradients: only with a sampled loss (full CE touches every row).
+
+        ``"auto"``: on for catalogues of at least :attr:`SPARSE_GRAD_MIN_ITEMS`
+        items, where a dense ``(V, d)`` gradient, its AdamW update and (under DDP)
+        its all-reduce would cost more per step than the batch itself.
+        """
+        if self.sparse_grad == "auto":
+            return self.loss != "ce" and n_items >= self.SPARSE_GRAD_MIN_ITEMS
+        if self.sparse_grad not in (True, False):
+            raise ValueError(f"sparse_grad must be true, false or 'auto', got {self.sparse_grad!r}")
+        if self.sparse_grad and self.loss == "ce":
+            raise ValueError("sparse_grad=true needs a sampled loss (bce, gbce, sampled_softmax): "
+                             "full-softmax 'ce' updates every item row")
+        return bool(self.sparse_grad)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -429,16 +465,17 @@ class SASRec(Recommender):
         if self.loss == "ce":
             dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
             return fused_linear_cross_entropy(h.float(), W, tgt, self.ce_chunk, dtype)
-        pos = (h * W[tgt]).sum(-1)  # (N,)
+        rows = self.net_.output_rows  # gathers, so that sparse gradients stay sparse
+        pos = (h * rows(tgt)).sum(-1)  # (N,)
         N = h.shape[0]
         if self.loss == "bce":
             neg_ids = torch.randint(1, V + 1, (N,))
-            neg = (h * W[neg_ids]).sum(-1)
+            neg = (h * rows(neg_ids)).sum(-1)
             return -(F.logsigmoid(pos) + F.logsigmoid(-neg)).mean()
         k = self.n_negatives
         if self.loss == "gbce":
             neg_ids = torch.randint(1, V + 1, (N, k))
-            neg = torch.einsum("nd,nkd->nk", h, W[neg_ids])  # (N, k)
+            neg = torch.einsum("nd,nkd->nk", h, rows(neg_ids))  # (N, k)
             a = k / max(1, V - 1)
             beta = a * (self.gbce_t * (1 - 1 / a) + 1 / a)
             return -(beta * F.logsigmoid(pos) + F.logsigmoid(-neg).sum(-1)).mean() / (1 + k)
@@ -451,7 +488,7 @@ class SASRec(Recommender):
             neg_ids = torch.multinomial(self._neg_probs, k, replacement=True) + 1
             lp = torch.log(self._neg_probs.float().clamp_min(1e-12) * k)
             logq_neg, logq_pos = lp[neg_ids - 1], lp[tgt - 1]
-        neg = h @ W[neg_ids].T  # (N, k)
+        neg = h @ rows(neg_ids).T  # (N, k)
         neg = neg - logq_neg[None, :]
         neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))  # accidental hits
         logits = torch.cat([(pos - logq_pos)[:, None], neg], dim=1).float()  # (N, 1 + k)

@@ -10,12 +10,13 @@ log = logging.getLogger(__name__)
 
 def run(model: Path, db: str | None = None, host: str = "127.0.0.1", port: int = 8000,
         data_dir: Path | None = None, dev: bool = False, workers: int = 1,
-        settings_file: Path | None = None, log_level: str = "info") -> None:
+        settings_file: Path | None = None, log_level: str = "info", index: str | None = None) -> None:
     """Serve the bundle ``model`` with uvicorn until interrupted.
 
     ``db``: SQLAlchemy URL (default: SQLite ``events.db`` in ``data_dir``, itself
     defaulting to ``.attnrec``). ``dev``: allow write endpoints without an API key.
-    Other settings come from ``ATTNREC_*`` variables or the TOML ``settings_file``.
+    ``index``: top-k retrieval (``auto``/``exact``/``hnsw``/``ivf``, see
+    :class:`~attnrec.serving.settings.Settings`). Other settings come from ``ATTNREC_*`` variables or the TOML ``settings_file``.
     """
     import torch
     import uvicorn
@@ -28,7 +29,7 @@ def run(model: Path, db: str | None = None, host: str = "127.0.0.1", port: int =
         # other's ingests; scale out with one process per replica behind sticky routing
         raise ValueError("attnrec serve runs one worker per process (workers=1)")
     settings = load_settings(settings_file, model_path=model, database_url=db, host=host, port=port,
-                             data_dir=data_dir, dev=dev or None)
+                             data_dir=data_dir, dev=dev or None, index=index)
     if not (settings.model_path / "config.json").is_file():
         # fail here with one line, not with a traceback from inside the lifespan
         raise FileNotFoundError(f"{settings.model_path} is not a model bundle (no config.json)")

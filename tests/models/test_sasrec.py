@@ -135,3 +135,21 @@ def test_network_is_causal(mixer):
     # right padding does not change the real positions
     h3 = net(torch.cat([seq, torch.zeros(1, 3, dtype=torch.long)], dim=1))
     assert torch.allclose(h, h3[:, :6], atol=1e-6)
+
+
+def test_sparse_item_gradients_learn_the_planted_rule():
+    """Row-sparse item-table gradients (SparseAdam): the large-catalogue path still learns."""
+    m = SASRec(**FAST, loss="sampled_softmax", n_negatives=16, sparse_grad=True, epochs=25).fit(planted())
+    assert m.net_.item_emb.sparse
+    assert evaluate(m, probe_set(), ks=(10,))["HR@10"] > 0.8
+
+
+def test_sparse_grad_auto_and_bad_values():
+    m = SASRec(loss="sampled_softmax")
+    assert m._sparse_grad_value(SASRec.SPARSE_GRAD_MIN_ITEMS) is True
+    assert m._sparse_grad_value(1000) is False
+    assert SASRec(loss="ce")._sparse_grad_value(10**6) is False  # full CE touches every row anyway
+    with pytest.raises(ValueError, match="sampled loss"):
+        SASRec(loss="ce", sparse_grad=True)._sparse_grad_value(10)
+    with pytest.raises(ValueError, match="sparse_grad must be"):
+        SASRec(sparse_grad="yes")._sparse_grad_value(10)

@@ -288,3 +288,23 @@ def test_popularity_model_is_labelled(make_client, pop_bundle, sqlite_url, shop_
     body = recs(c, shop_data.user_map.to_raw(0), k=3, explain="true")
     assert body.source == "model"
     assert all(it.explanation.method == "popularity" and it.explanation.because == [] for it in body.items)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_service_answers_from_a_faiss_index(kind, make_client, sasrec_bundle, sqlite_url, shop_data, tmp_path):
+    """``index=hnsw/ivf``: top-k comes from FAISS, history excluded, k results, ~the exact lists."""
+    import shutil
+
+    bundle = shutil.copytree(sasrec_bundle, tmp_path / "bundle")
+    exact = make_client(sasrec_bundle, sqlite_url, index="exact")
+    approx = make_client(bundle, f"sqlite:///{tmp_path / 'other.db'}", index=kind)
+    assert list(bundle.glob(f"index-{kind}-*.faiss"))  # the index was built (and cached for reloads)
+    overlap = []
+    for u in range(20):
+        user = shop_data.user_map.to_raw(u)
+        want = [it.item for it in recs(exact, user, k=10).items]
+        got = [it.item for it in recs(approx, user, k=10).items]
+        assert len(got) == 10
+        assert not set(got) & set(shop_data.item_map.decode(shop_data.sequence(u)))
+        overlap.append(len(set(got) & set(want)) / 10)
+    assert np.mean(overlap) >= 0.9, overlap
