@@ -39,7 +39,6 @@ product with the (tied) item embeddings plus a per-item output bias.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -49,9 +48,9 @@ import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models.attention import AttentionConfig, TransformerBlock
-from attnrec.models.base import Recommender, register
+from attnrec.models.base import register
+from attnrec.models.neural import NeuralSequenceModel
 from attnrec.models.sasrec import fused_linear_cross_entropy
-from attnrec.training import TrainConfig, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +183,7 @@ def pad_right_with_mask(histories: Sequence[np.ndarray], max_len: int, mask_id: 
 # the recommender
 # --------------------------------------------------------------------------
 @register("bert4rec")
-class BERT4Rec(Recommender):
+class BERT4Rec(NeuralSequenceModel):
     """BERT4Rec (masked item prediction with a bidirectional transformer).
 
     Training options (``epochs``, ``lr``, ... ``max_seconds``) go to
@@ -271,24 +270,6 @@ class BERT4Rec(Recommender):
             raise ValueError("mask_prob must be in (0, 1] and last_mask_prob in [0, 1]")
         return BERT4RecNet(n_items, self.max_len, self._attention_config(), self.n_layers)
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
-            eval_every=self.eval_every, metric="NDCG@10", seed=self.seed,
-            checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=self.bf16,
-            compile=self.compile, num_threads=self.num_threads, progress=self.progress,
-            max_seconds=self.max_seconds, desc=self.model_name,
-        )
-
-    def refit_params(self) -> dict[str, Any]:
-        """Parameters for the final refit on train+valid: the best epoch count, no early stopping.
-
-        The wall-clock guard is lifted: the refit runs exactly the chosen epochs
-        (it was already bounded by the selection run's ``max_seconds``).
-        """
-        self._check_fitted()
-        return {"epochs": max(1, int(self.best_epoch_)), "patience": None, "max_seconds": None}
-
     # ---- fitting ---------------------------------------------------------
     def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
         torch.manual_seed(self.seed)
@@ -321,23 +302,7 @@ class BERT4Rec(Recommender):
             h = module(inp)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             return self._loss(net.project(h[m]), seq[m])  # (N, d + 1), (N,)
 
-        evaluate_fn = None
-        if valid is not None and len(valid):
-            from attnrec.evaluation import evaluate
-
-            def evaluate_fn() -> float:
-                return evaluate(self, valid, ks=(10,))["NDCG@10"]
-
-        cfg = self.train_config()
-        if valid is None:
-            cfg.patience = None
-        res: TrainResult = train(net, batches, loss_fn, cfg, evaluate_fn)
-        self.history_ = res.history
-        self.best_epoch_ = res.best_epoch if evaluate_fn is not None else res.epochs_run
-        self.best_metric_ = res.best_metric if evaluate_fn is not None else None
-        self.epochs_run_ = res.epochs_run
-        self.train_seconds_ = res.seconds
-        net.eval()
+        self._train(batches, loss_fn, valid)
 
     def _loss(self, z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Loss for output queries ``z`` (N, d + 1) and target ids ``tgt`` (N,)."""
@@ -362,18 +327,6 @@ class BERT4Rec(Recommender):
         seq, lens = pad_right_with_mask(histories, self.max_len, self.net_.mask_id)
         h = self.net_(seq)  # (B, T, d)
         return self.net_.project(h[torch.arange(len(lens)), lens])  # (B, d + 1)
-
-    @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
-        z = self.encode(histories)  # (B, d + 1)
-        s = (z @ self.net_.output_weight().T).float()  # (B, V + 1): [MASK] has no column
-        empty = torch.tensor([len(x) == 0 for x in histories])
-        if empty.any():  # no history: fall back to popularity
-            s[empty] = torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, dtype=np.float32)))
-        s[:, 0] = float("-inf")
-        return s
 
     @torch.no_grad()
     def attention_weights(self, histories: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -408,30 +361,3 @@ class BERT4Rec(Recommender):
             R = (A / A.sum(-1, keepdim=True)) @ R
         row = R[n, :n]  # mask row, history keys only
         return (row / row.sum()).double().numpy()
-
-    # ---- persistence -----------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.net_ = self._build(self.n_items_)
-        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net_.eval()
-
-    def _extra_config(self) -> dict[str, Any]:
-        return {
-            "history": getattr(self, "history_", []),
-            "best_epoch": getattr(self, "best_epoch_", None),
-            "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
-            "epochs_run": getattr(self, "epochs_run_", None),
-        }
-
-    def _load_extra_config(self, extra: dict[str, Any]) -> None:
-        self.history_ = extra.get("history", [])
-        self.best_epoch_ = extra.get("best_epoch")
-        self.best_metric_ = extra.get("best_metric")
-        self.epochs_run_ = extra.get("epochs_run")
-
-
-def _finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)

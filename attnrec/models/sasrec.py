@@ -63,8 +63,8 @@ import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models.attention import AttentionConfig, TransformerBlock
-from attnrec.models.base import Recommender, register
-from attnrec.training import TrainConfig, TrainResult, train
+from attnrec.models.base import register
+from attnrec.models.neural import NeuralSequenceModel
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def pad_right(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tens
 # the recommender
 # --------------------------------------------------------------------------
 @register("sasrec")
-class SASRec(Recommender):
+class SASRec(NeuralSequenceModel):
     """SASRec with a choice of training objective (default: full softmax CE).
 
     Hyperparameters are stored as given (scikit-learn style). ``dropout="auto"``
@@ -377,20 +377,6 @@ class SASRec(Recommender):
                              "full-softmax 'ce' updates every item row")
         return bool(self.sparse_grad)
 
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
-            eval_every=self.eval_every, metric="NDCG@10", seed=self.seed,
-            checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=self.bf16,
-            compile=self.compile, num_threads=self.num_threads, progress=self.progress,
-            max_seconds=self.max_seconds, desc=self.model_name,
-        )
-
-    def refit_params(self) -> dict[str, Any]:
-        """Parameters for the final refit on train+valid: the best epoch count, no early stopping."""
-        self._check_fitted()
-        return {"epochs": max(1, int(self.best_epoch_)), "patience": None}
-
     # ---- fitting ---------------------------------------------------------
     def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
         torch.manual_seed(self.seed)
@@ -402,7 +388,6 @@ class SASRec(Recommender):
         starts, lens = training_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training targets: every sequence has fewer than 2 items")
-        items = torch.from_numpy(data.items)
         counts = data.item_counts().astype(np.float64)
         self._neg_probs = None
         if self.negative_sampling == "popularity":
@@ -410,7 +395,6 @@ class SASRec(Recommender):
             self._neg_probs = torch.from_numpy(p)
         elif self.negative_sampling != "uniform":
             raise ValueError("negative_sampling must be 'uniform' or 'popularity'")
-        net = self.net_
         bs = self.batch_size
 
         def batches(epoch: int, rng: np.random.Generator):
@@ -439,24 +423,8 @@ class SASRec(Recommender):
             h = module(seq)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             return self._loss(h[mask], tgt[mask])  # (N, d), (N,)
 
-        evaluate_fn = None
-        if valid is not None and len(valid):
-            from attnrec.evaluation import evaluate
-
-            def evaluate_fn() -> float:
-                return evaluate(self, valid, ks=(10,))["NDCG@10"]
-
-        cfg = self.train_config()
-        if valid is None:
-            cfg.patience = None
-        res: TrainResult = train(net, batches, loss_fn, cfg, evaluate_fn)
-        self.history_ = res.history
-        self.best_epoch_ = res.best_epoch if evaluate_fn is not None else res.epochs_run
-        self.best_metric_ = res.best_metric if evaluate_fn is not None else None
-        self.epochs_run_ = res.epochs_run
-        self.train_seconds_ = res.seconds
+        self._train(batches, loss_fn, valid)
         self.n_train_targets_ = int(lens.sum())
-        net.eval()
 
     def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Loss for hidden states ``h`` (N, d) and target ids ``tgt`` (N,)."""
@@ -505,18 +473,6 @@ class SASRec(Recommender):
         return h[torch.arange(len(lens)), (lens - 1).clamp(min=0)]  # (B, d)
 
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
-        h = self.encode(histories)  # (B, d)
-        s = (h @ self.net_.output_weight().T).float()  # (B, V + 1)
-        empty = torch.tensor([len(x) == 0 for x in histories])
-        if empty.any():  # no history: fall back to popularity
-            s[empty] = torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, dtype=np.float32)))
-        s[:, 0] = float("-inf")
-        return s
-
-    @torch.no_grad()
     def attention_weights(self, histories: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-layer attention weights over each history's last ``max_len`` items.
 
@@ -532,31 +488,10 @@ class SASRec(Recommender):
         return [w.float() for w in weights], lens
 
     # ---- persistence -----------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.net_ = self._build(self.n_items_)
-        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net_.eval()
-
     def _extra_config(self) -> dict[str, Any]:
-        return {
-            "history": getattr(self, "history_", []),
-            "best_epoch": getattr(self, "best_epoch_", None),
-            "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
-            "epochs_run": getattr(self, "epochs_run_", None),
-            "dropout": getattr(self, "dropout_", None),
-        }
+        return {**super()._extra_config(), "dropout": getattr(self, "dropout_", None)}
 
     def _load_extra_config(self, extra: dict[str, Any]) -> None:
-        self.history_ = extra.get("history", [])
-        self.best_epoch_ = extra.get("best_epoch")
-        self.best_metric_ = extra.get("best_metric")
-        self.epochs_run_ = extra.get("epochs_run")
+        super()._load_extra_config(extra)
         if extra.get("dropout") is not None:
             self.dropout_ = float(extra["dropout"])
-
-
-def _finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
