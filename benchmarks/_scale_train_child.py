@@ -1,6 +1,6 @@
 """One rank of `benchmarks/scale.py train` (started by torchrun): bounded SASRec training run.
 
-argv: data steps batch_size threads. Epoch 1 is a 20-step warm-up; epoch 2 runs
+argv: data steps batch_size threads sparse_grad (auto/true/false). Epoch 1 is a 20-step warm-up; epoch 2 runs
 ``steps`` optimiser steps (each rank ``batch_size`` random training windows per
 step, sampled softmax with 256 shared negatives) and is the one timed.
 """
@@ -21,6 +21,7 @@ from attnrec.models.sasrec import training_windows
 from attnrec.training import TrainConfig, train
 
 path, steps, bs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+sparse_grad = {"auto": "auto", "true": True, "false": False}[sys.argv[5] if len(sys.argv) > 5 else "auto"]
 distributed.init_from_env("gloo")
 torch.set_num_threads(threads)
 world = distributed.world_size()
@@ -35,7 +36,7 @@ else:
 t_load = time.perf_counter() - t0
 
 m = SASRec(d_model=64, n_layers=2, n_heads=2, max_len=50, dropout=0.2, loss="sampled_softmax",
-           n_negatives=256, batch_size=bs)
+           n_negatives=256, batch_size=bs, sparse_grad=sparse_grad)
 m.n_items_, m.dropout_, m._neg_probs = data.n_items, 0.2, None
 torch.manual_seed(0)
 m.net_ = m._build(data.n_items)
