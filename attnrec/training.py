@@ -18,7 +18,8 @@ A model supplies three closures and a :class:`TrainConfig`:
 ``nn.Embedding(sparse=True)``: their gradients touch only the rows of a batch,
 so a million-item table costs per step what the batch touches, not the
 catalogue; such gradients are all-reduced sparsely under DDP), evaluates every ``eval_every`` epochs, stops early
-after ``patience`` evaluations without improvement, restores the best weights,
+after ``patience`` evaluations without improvement (optionally halving the
+learning rate after every ``lr_decay_patience`` of them), restores the best weights,
 checkpoints to ``checkpoint_dir`` after every epoch and continues from there
 with ``resume=True``. Randomness is seeded per epoch (python, numpy, torch), so
 a resumed run reproduces an uninterrupted one. ``history`` holds one dict per
@@ -80,6 +81,12 @@ class TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     max_seconds: float | None = None  # wall-clock budget; stops after the epoch that exceeds it
+    # learning-rate decay: multiply the rate by lr_decay_factor after every lr_decay_patience
+    # evaluations without improvement, and after each epoch listed in lr_decay_epochs (the
+    # refit on train+valid replays the selection run's decays this way: it has no validation)
+    lr_decay_patience: int | None = None
+    lr_decay_factor: float = 0.5
+    lr_decay_epochs: tuple[int, ...] = ()
     desc: str = "train"
 
 
@@ -91,6 +98,7 @@ class TrainResult:
     epochs_run: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    lr_decays: list[int] = field(default_factory=list)  # epochs after which the learning rate was decayed
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -148,6 +156,7 @@ def train(
         result.best_epoch = int(ck["best_epoch"])
         result.best_metric = float(ck["best_metric"])
         bad_evals = int(ck["bad_evals"])
+        result.lr_decays = list(ck.get("lr_decays", []))  # the rate itself is in the optimiser state
         start_epoch = int(ck["epoch"]) + 1
         result.epochs_run = int(ck["epoch"])
         if ck.get("finished"):  # it had stopped early
@@ -227,6 +236,12 @@ def train(
                     bad_evals += 1
             elif evaluate is None:
                 result.best_epoch = epoch
+            plateau = (cfg.lr_decay_patience and not improved and cfg.metric in rec and bad_evals > 0
+                       and bad_evals % cfg.lr_decay_patience == 0)
+            if plateau or epoch in cfg.lr_decay_epochs:
+                optimizer.scale_lr(cfg.lr_decay_factor)
+                result.lr_decays.append(epoch)
+                rec["lr_decayed"] = True
             result.history.append(rec)
             result.epochs_run = epoch
             log.info(
@@ -288,6 +303,11 @@ class _Optimizer:
     def step(self) -> None:
         for o in self.optimizers:
             o.step()
+
+    def scale_lr(self, factor: float) -> None:
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] *= factor
 
     def state_dict(self) -> dict:
         return {"optimizers": [o.state_dict() for o in self.optimizers]}
@@ -353,6 +373,7 @@ def _save_checkpoint(path: Path, module, optimizer, result: TrainResult, best_st
         "best_epoch": result.best_epoch,
         "best_metric": result.best_metric,
         "bad_evals": bad_evals,
+        "lr_decays": result.lr_decays,
         "epoch": epoch,
         "finished": finished,
     }

@@ -93,3 +93,30 @@ def test_bf16_option_runs():
     m, b, l = make_problem()
     r = train(m, b, l, cfg(epochs=2, bf16=True))
     assert np.isfinite(r.history[-1]["loss"])
+
+
+def test_lr_decays_on_plateau_and_replays_at_fixed_epochs():
+    m, b, l = make_problem()
+    script = iter([0.1, 0.3, 0.2, 0.25, 0.4, 0.3, 0.2, 0.1])  # bad evaluations: 3, 4 | 6, 7, 8
+    r = train(m, b, l, cfg(epochs=8, patience=5, lr_decay_patience=2), lambda: next(script))
+    # a decay after every 2nd bad evaluation since the last improvement: epochs 4 and 7
+    assert r.lr_decays == [4, 7]
+    assert [h.get("lr_decayed", False) for h in r.history] == [False] * 3 + [True] + [False] * 2 + [True, False]
+    # the replay (as the refit on train+valid runs it): same epochs, no validation; the rate is
+    # halved after each, so a run with the decays differs from one without from epoch 5 on
+    m1, b1, l1 = make_problem()
+    r1 = train(m1, b1, l1, cfg(epochs=6, lr_decay_epochs=(4,)))
+    m2, b2, l2 = make_problem()
+    r2 = train(m2, b2, l2, cfg(epochs=6))
+    assert r1.lr_decays == [4]
+    assert [h["loss"] for h in r1.history[:4]] == [h["loss"] for h in r2.history[:4]]
+    assert r1.history[4]["loss"] != r2.history[4]["loss"]
+
+
+def test_refit_params_replay_the_decays_before_the_best_epoch():
+    from attnrec.models import SASRec
+
+    m = SASRec()
+    m.best_epoch_, m.lr_decays_, m.n_items_ = 12, [5, 9, 14], 3
+    p = m.refit_params()
+    assert p["epochs"] == 12 and p["lr_decay_epochs"] == [5, 9] and p["lr_decay_patience"] is None

@@ -226,6 +226,8 @@ class BERT4Rec(NeuralSequenceModel):
         progress: bool = False,
         max_seconds: float | None = None,
         ce_chunk: int = 256,
+        lr_decay_patience: int | None = None,
+        lr_decay_epochs: tuple[int, ...] | list[int] = (),
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -253,6 +255,8 @@ class BERT4Rec(NeuralSequenceModel):
         self.progress = progress
         self.max_seconds = max_seconds
         self.ce_chunk = ce_chunk
+        self.lr_decay_patience = lr_decay_patience
+        self.lr_decay_epochs = lr_decay_epochs
 
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:

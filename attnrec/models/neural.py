@@ -43,17 +43,23 @@ class NeuralSequenceModel(Recommender):
             eval_every=self.eval_every, metric="NDCG@10", seed=self.seed,
             checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=self.bf16,
             compile=self.compile, num_threads=self.num_threads, progress=self.progress,
-            max_seconds=self.max_seconds, desc=self.model_name,
+            max_seconds=self.max_seconds, lr_decay_patience=self.lr_decay_patience,
+            lr_decay_epochs=tuple(self.lr_decay_epochs or ()), desc=self.model_name,
         )
 
     def refit_params(self) -> dict[str, Any]:
         """Parameters for the final refit on train+valid: the best epoch count, no early stopping.
 
         The wall-clock guard is lifted: the refit runs exactly the chosen epochs
-        (the selection run was already bounded by ``max_seconds``).
+        (the selection run was already bounded by ``max_seconds``). Learning-rate
+        decays the selection run made before its best epoch are replayed at the
+        same epochs (the refit has no validation to detect a plateau).
         """
         self._check_fitted()
-        return {"epochs": max(1, int(self.best_epoch_)), "patience": None, "max_seconds": None}
+        best = max(1, int(self.best_epoch_))
+        decays = [e for e in (getattr(self, "lr_decays_", None) or []) if e < best]
+        return {"epochs": best, "patience": None, "max_seconds": None,
+                "lr_decay_patience": None, "lr_decay_epochs": decays}
 
     def _train(self, batches: Callable[[int, np.random.Generator], Iterable[Any]],
                loss_fn: Callable[..., torch.Tensor], valid: EvalSet | None) -> TrainResult:
@@ -74,6 +80,7 @@ class NeuralSequenceModel(Recommender):
         self.best_metric_ = res.best_metric if evaluate_fn is not None else None
         self.epochs_run_ = res.epochs_run
         self.train_seconds_ = res.seconds
+        self.lr_decays_ = list(res.lr_decays)
         self.net_.eval()
         return res
 
@@ -105,6 +112,7 @@ class NeuralSequenceModel(Recommender):
             "best_epoch": getattr(self, "best_epoch_", None),
             "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
             "epochs_run": getattr(self, "epochs_run_", None),
+            "lr_decays": getattr(self, "lr_decays_", []),
         }
 
     def _load_extra_config(self, extra: dict[str, Any]) -> None:
@@ -112,6 +120,7 @@ class NeuralSequenceModel(Recommender):
         self.best_epoch_ = extra.get("best_epoch")
         self.best_metric_ = extra.get("best_metric")
         self.epochs_run_ = extra.get("epochs_run")
+        self.lr_decays_ = extra.get("lr_decays", [])
 
 
 def _finite_or_none(x: float | None) -> float | None:

@@ -302,6 +302,8 @@ class SASRec(NeuralSequenceModel):
         max_seconds: float | None = None,
         ce_chunk: int = 256,
         sparse_grad: bool | str = "auto",
+        lr_decay_patience: int | None = None,
+        lr_decay_epochs: tuple[int, ...] | list[int] = (),
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -334,6 +336,8 @@ class SASRec(NeuralSequenceModel):
         self.progress = progress
         self.max_seconds = max_seconds
         self.ce_chunk = ce_chunk
+        self.lr_decay_patience = lr_decay_patience
+        self.lr_decay_epochs = lr_decay_epochs
         self.sparse_grad = sparse_grad
 
     # ---- construction ----------------------------------------------------
