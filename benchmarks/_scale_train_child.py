@@ -1,6 +1,6 @@
 """One rank of `benchmarks/scale.py train` (started by torchrun): bounded SASRec training run.
 
-argv: data steps batch_size threads sparse_grad (auto/true/false). Epoch 1 is a 20-step warm-up; epoch 2 runs
+argv: data steps batch_size threads sparse_grad (auto/true/false) [bundle_dir]. Epoch 1 is a 20-step warm-up; epoch 2 runs
 ``steps`` optimiser steps (each rank ``batch_size`` random training windows per
 step, sampled softmax with 256 shared negatives) and is the one timed.
 """
@@ -22,6 +22,7 @@ from attnrec.training import TrainConfig, train
 
 path, steps, bs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 sparse_grad = {"auto": "auto", "true": True, "false": False}[sys.argv[5] if len(sys.argv) > 5 else "auto"]
+bundle_dir = sys.argv[6] if len(sys.argv) > 6 and sys.argv[6] else None
 distributed.init_from_env("gloo")
 torch.set_num_threads(threads)
 world = distributed.world_size()
@@ -74,4 +75,10 @@ if distributed.is_main():
                       "events_per_s": round(total / secs, 1),
                       "sparse_grad": bool(m.net_.sparse_grad), "loss": round(res.history[1]["loss"], 4)}),
           flush=True)  # before teardown: a dying peer gets this rank SIGTERMed
+if bundle_dir and distributed.is_main():
+    # the fitted state Recommender.fit would have set, then an ordinary bundle
+    m.item_map_, m.user_map_, m.train_data_ = data.item_map, data.user_map, data
+    m.item_counts_ = data.item_counts().astype(np.float32)
+    m.history_, m.best_epoch_, m.epochs_run_ = res.history, res.epochs_run, res.epochs_run
+    m.save(bundle_dir, info={"trained": f"{steps} steps of benchmarks/scale.py train"})
 distributed.cleanup()

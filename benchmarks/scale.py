@@ -79,7 +79,8 @@ def cmd_train(a) -> None:
     script = ROOT / "benchmarks" / "_scale_train_child.py"
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
-           str(script), a.data, str(a.steps), str(a.batch_size), str(a.threads), a.sparse_grad]
+           str(script), a.data, str(a.steps), str(a.batch_size), str(a.threads), a.sparse_grad,
+           a.save_bundle or ""]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
@@ -179,6 +180,8 @@ def main() -> None:
     t.add_argument("--batch-size", type=int, default=128, help="per-process batch")
     t.add_argument("--sparse-grad", default="auto", choices=["auto", "true", "false"],
                    help="row-sparse item-table gradients (SASRec's sparse_grad; auto = on at this size)")
+    t.add_argument("--save-bundle", default=None,
+                   help="write the trained model as a bundle here (e.g. for serve_load.py at 1M items)")
     r = sub.add_parser("retrieval")
     r.add_argument("--items", type=int, default=1_000_000)
     r.add_argument("--dim", type=int, default=64)
