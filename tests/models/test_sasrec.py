@@ -153,3 +153,13 @@ def test_sparse_grad_auto_and_bad_values():
         SASRec(loss="ce", sparse_grad=True)._sparse_grad_value(10)
     with pytest.raises(ValueError, match="sparse_grad must be"):
         SASRec(sparse_grad="yes")._sparse_grad_value(10)
+
+
+def test_sparse_grad_checkpoint_resume_continues_both_optimisers(tmp_path):
+    kw = dict(FAST, loss="sampled_softmax", n_negatives=8, sparse_grad=True, checkpoint_dir=str(tmp_path))
+    full = SASRec(**kw, epochs=3).fit(planted(60))
+    SASRec(**kw, epochs=2).fit(planted(60))  # interrupted after 2 epochs ...
+    resumed = SASRec(**kw, epochs=3, resume=True).fit(planted(60))  # ... and resumed to 3
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+    for k, v in full.net_.state_dict().items():
+        torch.testing.assert_close(resumed.net_.state_dict()[k], v, atol=1e-6, rtol=0)
