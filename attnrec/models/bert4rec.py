@@ -161,6 +161,23 @@ def cloze_mask(lens: np.ndarray, T: int, mask_prob: float, last_mask_prob: float
     return m
 
 
+def crop_last_only(seq: np.ndarray, m: np.ndarray, lens: np.ndarray, rng: np.random.Generator) -> None:
+    """In place: every window masked only at its last item is cut to a random prefix of >= 2 items.
+
+    The mask moves to the prefix's last item, so "predict the item after this
+    history" is trained at every position of a sequence, not only its end (the
+    inference situation, drawn afresh each epoch).
+    """
+    rows = np.flatnonzero((m.sum(1) == 1) & m[np.arange(len(lens)), lens - 1])
+    if not len(rows):
+        return
+    new = rng.integers(2, lens[rows] + 1)  # (R,) prefix lengths
+    keep = np.arange(seq.shape[1])[None, :] < new[:, None]  # (R, T)
+    seq[rows] = np.where(keep, seq[rows], 0)
+    m[rows] = False
+    m[rows, new - 1] = True
+
+
 def pad_right_with_mask(histories: Sequence[np.ndarray], max_len: int, mask_id: int
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Last ``max_len - 1`` items of each history + ``[MASK]``, right-padded.
@@ -214,6 +231,7 @@ class BERT4Rec(NeuralSequenceModel):
         pre_ln: bool = True,
         mask_prob: float = 0.4,
         last_mask_prob: float = 0.2,
+        last_mask_crop: bool = False,
         loss: str = "ce",
         n_negatives: int = 256,
         epochs: int = 200,
@@ -243,6 +261,7 @@ class BERT4Rec(NeuralSequenceModel):
         self.pre_ln = pre_ln
         self.mask_prob = mask_prob
         self.last_mask_prob = last_mask_prob
+        self.last_mask_crop = last_mask_crop
         self.loss = loss
         self.n_negatives = n_negatives
         self.epochs = epochs
@@ -303,6 +322,8 @@ class BERT4Rec(NeuralSequenceModel):
                 real = np.arange(T)[None, :] < n[:, None]  # (B, T)
                 seq = np.where(real, data.items[np.where(real, s[:, None] + np.arange(T), 0)], 0)
                 m = cloze_mask(n, T, self.mask_prob, self.last_mask_prob, rng)  # (B, T)
+                if self.last_mask_crop:
+                    crop_last_only(seq, m, n, rng)
                 inp = np.where(m, mask_id, seq)
                 yield torch.from_numpy(inp), torch.from_numpy(seq), torch.from_numpy(m)
 

@@ -168,3 +168,27 @@ def test_options_train(opts):
     losses = [h["loss"] for h in m.history_]
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
     assert torch.isfinite(m.score([np.array([1, 2, 3])])[:, 1:]).all()
+
+
+def test_crop_last_only_moves_the_mask_to_a_random_prefix_end():
+    from attnrec.models.bert4rec import crop_last_only
+
+    rng = np.random.default_rng(0)
+    lens = np.array([5, 6, 3])
+    T = 6
+    seq = np.where(np.arange(T)[None, :] < lens[:, None], np.arange(1, T + 1)[None, :] + 10, 0)
+    m = np.zeros((3, T), bool)
+    m[0, 4] = True  # last-only
+    m[1, [1, 5]] = True  # two masks: left alone
+    m[2, 2] = True  # last-only
+    before = seq.copy()
+    news = []
+    for _ in range(50):
+        s2, m2 = before.copy(), m.copy()
+        crop_last_only(s2, m2, lens, rng)
+        n0 = int((s2[0] > 0).sum())
+        assert 2 <= n0 <= 5 and m2[0].sum() == 1 and m2[0, n0 - 1]  # mask at the new last item
+        assert (s2[0, :n0] == before[0, :n0]).all()  # a prefix of the original window
+        assert (s2[1] == before[1]).all() and (m2[1] == m[1]).all()
+        news.append(n0)
+    assert set(news) == {2, 3, 4, 5}  # every prefix length is drawn
