@@ -249,6 +249,8 @@ def train(
                 f"{cfg.metric} {rec[cfg.metric]:.4f}" if cfg.metric in rec else "", train_seconds,
                 " *" if improved else "",
             )
+            if rec.get("lr_decayed"):
+                log.info("%s learning rate x%g after epoch %d", cfg.desc, cfg.lr_decay_factor, epoch)
             if pbar is not None:
                 post = {"loss": f"{rec['loss']:.4f}"}
                 if result.best_epoch and math.isfinite(result.best_metric):
