@@ -17,9 +17,10 @@ A model supplies three closures and a :class:`TrainConfig`:
 :func:`train` runs AdamW (and ``SparseAdam`` for the weights of any
 ``nn.Embedding(sparse=True)``: their gradients touch only the rows of a batch,
 so a million-item table costs per step what the batch touches, not the
-catalogue; such gradients are all-reduced sparsely under DDP), evaluates every ``eval_every`` epochs, stops early
-after ``patience`` evaluations without improvement (optionally halving the
-learning rate after every ``lr_decay_patience`` of them), restores the best weights,
+catalogue; such gradients are all-reduced sparsely under DDP), evaluates every
+``eval_every`` epochs, stops early after ``patience`` evaluations without
+improvement (optionally halving the learning rate after every
+``lr_decay_patience`` of them), restores the best weights,
 checkpoints to ``checkpoint_dir`` after every epoch and continues from there
 with ``resume=True``. Randomness is seeded per epoch (python, numpy, torch), so
 a resumed run reproduces an uninterrupted one. ``history`` holds one dict per
@@ -236,7 +237,8 @@ def train(
                     bad_evals += 1
             elif evaluate is None:
                 result.best_epoch = epoch
-            plateau = (cfg.lr_decay_patience and not improved and cfg.metric in rec and bad_evals > 0
+            # evaluated this epoch and the n-th bad evaluation in a row (improving resets bad_evals)
+            plateau = (cfg.lr_decay_patience and cfg.metric in rec and bad_evals > 0
                        and bad_evals % cfg.lr_decay_patience == 0)
             if plateau or epoch in cfg.lr_decay_epochs:
                 optimizer.scale_lr(cfg.lr_decay_factor)
@@ -293,8 +295,10 @@ class _Optimizer:
                       if isinstance(m, torch.nn.Embedding) and m.sparse}
         dense = [p for p in params if id(p) not in sparse_ids]
         sparse = [p for p in params if id(p) in sparse_ids]
-        self.optimizers: list[torch.optim.Optimizer] = [
-            torch.optim.AdamW(dense, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)]
+        self.optimizers: list[torch.optim.Optimizer] = []
+        if dense:  # torch optimisers refuse an empty parameter list
+            self.optimizers.append(torch.optim.AdamW(dense, lr=cfg.lr, betas=tuple(cfg.betas),
+                                                     weight_decay=cfg.weight_decay))
         if sparse:
             self.optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr, betas=tuple(cfg.betas)))
 

@@ -120,3 +120,21 @@ def test_refit_params_replay_the_decays_before_the_best_epoch():
     m.best_epoch_, m.lr_decays_, m.n_items_ = 12, [5, 9, 14], 3
     p = m.refit_params()
     assert p["epochs"] == 12 and p["lr_decay_epochs"] == [5, 9] and p["lr_decay_patience"] is None
+
+
+def test_module_with_only_sparse_parameters_trains():
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(20, 4, sparse=True)
+    target = torch.randn(20, 4)
+    before = emb.weight.detach().clone()
+
+    def batches(epoch, rng):
+        for _ in range(10):
+            yield torch.arange(20)  # every row each step: the loss must fall steadily
+
+    def loss_fn(ids):
+        return ((emb(ids) - target[ids]) ** 2).mean()
+
+    r = train(emb, batches, loss_fn, cfg(epochs=3))
+    assert emb.weight.grad is None or emb.weight.grad.is_sparse
+    assert r.history[-1]["loss"] < r.history[0]["loss"] and not torch.equal(emb.weight, before)
