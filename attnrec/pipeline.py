@@ -101,7 +101,9 @@ def fit_for_test(model: Recommender, split: Split) -> Recommender:
     Other models are fitted on ``split.train_full`` directly. Test targets are
     never seen either way.
     """
-    if callable(getattr(model, "refit_params", None)) and len(split.valid):
+    # a differentially private model (uses_validation False) trains once, for its planned epochs
+    if (callable(getattr(model, "refit_params", None)) and len(split.valid)
+            and getattr(model, "uses_validation", True)):
         model.fit(split.train, valid=split.valid)
         validation = {
             "best_epoch": getattr(model, "best_epoch_", None),

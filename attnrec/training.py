@@ -34,6 +34,11 @@ so one step averages the gradients of ``world`` batches; only rank 0 evaluates
 and writes checkpoints; on resume rank 0 reads the checkpoint and broadcasts it,
 so the other nodes need not share its file system.
 
+Differential privacy: with ``privacy=`` (an :class:`attnrec.privacy.DPSGD`) each batch
+is a Poisson batch of users and the step is the hook's (per-user clipping, noise,
+accountant; ``loss_fn`` then returns one loss per user); training stops when the
+planned privacy budget is spent, and ``TrainResult.privacy`` reports it.
+
 Library code only logs (logger ``attnrec.training``); the tqdm bar can be
 switched off with ``progress=False``.
 """
@@ -50,12 +55,15 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
 
 from attnrec import distributed as dist_utils
+
+if TYPE_CHECKING:
+    from attnrec.privacy import DPSGD
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ class TrainResult:
     stopped_early: bool = False
     seconds: float = 0.0
     lr_decays: list[int] = field(default_factory=list)  # epochs after which the learning rate was decayed
+    privacy: dict | None = None  # DPSGD.report() of a differentially private run
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -126,14 +135,17 @@ def train(
     config: TrainConfig,
     evaluate: Callable[[], float] | None = None,
     params: Iterable[torch.nn.Parameter] | None = None,
+    privacy: DPSGD | None = None,
 ) -> TrainResult:
     """Train ``module`` in place; returns the :class:`TrainResult` (best weights restored)."""
     cfg = config
+    if privacy is not None:
+        _check_private(cfg, evaluate)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
     params = list(module.parameters()) if params is None else list(params)
-    optimizer = _Optimizer(module, params, cfg)
+    optimizer = _Optimizer(module, params, cfg, wrap=privacy.attach if privacy is not None else None)
     step_loss = loss_fn
     if cfg.compile:
         step_loss = torch.compile(loss_fn)  # type: ignore[assignment]
@@ -200,6 +212,12 @@ def train(
             module.train()
             total, n = 0.0, 0
             for batch in dist_utils.shard(batches(epoch, rng), rank, world):
+                if privacy is not None:  # per-user clipped, noised step (attnrec.privacy)
+                    if privacy.exhausted:
+                        break
+                    total += privacy.step(model, batch, loss_fn)
+                    n += 1
+                    continue
                 with autocast():
                     loss = call_loss(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -261,6 +279,9 @@ def train(
                 pbar.update(1)
             stop = cfg.patience is not None and evaluate is not None and bad_evals >= cfg.patience
             over_budget = cfg.max_seconds is not None and time.perf_counter() - t_train > cfg.max_seconds
+            if privacy is not None and privacy.exhausted and epoch < cfg.epochs:
+                log.warning("privacy budget spent after epoch %d: stopping", epoch)
+                over_budget = True
             # clocks differ between ranks: rank 0 decides for all
             stop, over_budget = dist_utils.broadcast_object((stop, over_budget))
             if ckpt_path is not None and main:  # "finished" = stopped early: resuming must not train further
@@ -280,7 +301,23 @@ def train(
         module.load_state_dict(best_state)
     module.eval()
     result.seconds = time.perf_counter() - t_train
+    if privacy is not None:
+        result.privacy = privacy.report()
     return result
+
+
+def _check_private(cfg: TrainConfig, evaluate: Callable[[], float] | None) -> None:
+    """Options the DP step does not support get a clear error instead of a silent mismatch."""
+    if evaluate is not None:  # picking the best epoch on users' held-out items is not accounted for
+        raise ValueError("differentially private training runs its planned epochs without "
+                         "validation (early stopping would spend privacy budget unaccounted)")
+    if dist_utils.world_size() > 1:
+        raise ValueError("differential privacy is single-process: run without torchrun")
+    bad = [name for name, on in (("bf16", cfg.bf16), ("compile", cfg.compile),
+                                 ("resume", cfg.resume)) if on]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} cannot be combined with privacy_epsilon "
+                         "(resume would restart the privacy accountant)")
 
 
 class _Optimizer:
@@ -290,7 +327,8 @@ class _Optimizer:
     decay): the only optimiser in torch that accepts sparse gradients.
     """
 
-    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], cfg: TrainConfig):
+    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], cfg: TrainConfig,
+                 wrap: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None):
         sparse_ids = {id(m.weight) for m in module.modules()
                       if isinstance(m, torch.nn.Embedding) and m.sparse}
         dense = [p for p in params if id(p) not in sparse_ids]
@@ -301,6 +339,10 @@ class _Optimizer:
                                                      weight_decay=cfg.weight_decay))
         if sparse:
             self.optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr, betas=tuple(cfg.betas)))
+        if wrap is not None:  # differential privacy: one dense optimiser, wrapped (DPOptimizer)
+            if sparse:
+                raise ValueError("sparse gradients cannot be combined with differential privacy")
+            self.optimizers = [wrap(o) for o in self.optimizers]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:

@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attnrec import privacy as dp
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models.attention import AttentionConfig, TransformerBlock
 from attnrec.models.base import register
@@ -251,6 +252,11 @@ class BERT4Rec(NeuralSequenceModel):
         ce_chunk: int = 256,
         lr_decay_patience: int | None = 3,
         lr_decay_epochs: tuple[int, ...] | list[int] = (),
+        privacy_epsilon: float | None = None,
+        privacy_delta: float | None = None,
+        privacy_clip: float = 1.0,
+        privacy_accountant: str = "rdp",
+        privacy_microbatch: int = 32,
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -281,6 +287,11 @@ class BERT4Rec(NeuralSequenceModel):
         self.ce_chunk = ce_chunk
         self.lr_decay_patience = lr_decay_patience
         self.lr_decay_epochs = lr_decay_epochs
+        self.privacy_epsilon = privacy_epsilon
+        self.privacy_delta = privacy_delta
+        self.privacy_clip = privacy_clip
+        self.privacy_accountant = privacy_accountant
+        self.privacy_microbatch = privacy_microbatch
 
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:
@@ -302,10 +313,12 @@ class BERT4Rec(NeuralSequenceModel):
     def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
         torch.manual_seed(self.seed)
         self.net_ = self._build(data.n_items)
+        if self.private:
+            return self._fit_private(data)
         starts, lens = cloze_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training windows: every sequence has fewer than 2 items")
-        net, bs, mask_id = self.net_, self.batch_size, self.net_.mask_id
+        net, bs = self.net_, self.batch_size
 
         def batches(epoch: int, rng: np.random.Generator):
             # shuffle, then sort by length inside groups of 64 batches: little padding, random order
@@ -317,15 +330,7 @@ class BERT4Rec(NeuralSequenceModel):
             ])
             chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
             for j in rng.permutation(len(chunks)):
-                s, n = starts[chunks[j]], lens[chunks[j]]
-                T = int(n.max())
-                real = np.arange(T)[None, :] < n[:, None]  # (B, T)
-                seq = np.where(real, data.items[np.where(real, s[:, None] + np.arange(T), 0)], 0)
-                m = cloze_mask(n, T, self.mask_prob, self.last_mask_prob, rng)  # (B, T)
-                if self.last_mask_crop:
-                    crop_last_only(seq, m, n, rng)
-                inp = np.where(m, mask_id, seq)
-                yield torch.from_numpy(inp), torch.from_numpy(seq), torch.from_numpy(m)
+                yield self._cloze_batch(data, starts[chunks[j]], lens[chunks[j]], rng)
 
         def loss_fn(module, batch) -> torch.Tensor:
             inp, seq, m = batch
@@ -333,6 +338,42 @@ class BERT4Rec(NeuralSequenceModel):
             return self._loss(net.project(h[m]), seq[m])  # (N, d + 1), (N,)
 
         self._train(batches, loss_fn, valid)
+
+    def _cloze_batch(self, data: SequenceData, starts: np.ndarray, lens: np.ndarray,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masked windows -> ``(inputs, items, mask)``, each ``(B, T)``, ``T = lens.max()``."""
+        T = int(lens.max())
+        real = np.arange(T)[None, :] < lens[:, None]  # (B, T)
+        seq = np.where(real, data.items[np.where(real, starts[:, None] + np.arange(T), 0)], 0)
+        m = cloze_mask(lens, T, self.mask_prob, self.last_mask_prob, rng)  # (B, T)
+        if self.last_mask_crop:
+            crop_last_only(seq, m, lens, rng)
+        inp = np.where(m, self.net_.mask_id, seq)
+        return torch.from_numpy(inp), torch.from_numpy(seq), torch.from_numpy(m)
+
+    def _fit_private(self, data: SequenceData) -> None:
+        """User-level DP-SGD (:mod:`attnrec.privacy`): one row per user, their last
+        ``max_len`` items (older ones are not used), Poisson-sampled, clipped per row."""
+        users = np.flatnonzero(data.lengths >= 2)
+        if len(users) == 0:
+            raise ValueError("no training windows: every sequence has fewer than 2 items")
+        lens = np.minimum(data.lengths[users], self.max_len).astype(np.int64)
+        starts = data.indptr[users + 1].astype(np.int64) - lens
+        hook = self._privacy_hook(data.n_users, len(users))
+        size = self.privacy_microbatch
+
+        def batches(epoch: int, rng: np.random.Generator):
+            for rows in hook.sample_rows(rng):  # one Poisson batch -> its micro-batches
+                yield [self._cloze_batch(data, starts[m], lens[m], rng)
+                       for m in dp.microbatches(rows, lens, size)]
+
+        def loss_fn(module, batch) -> torch.Tensor:
+            inp, seq, m = batch
+            h = module(inp)  # (B, T, d)
+            z = module.project(h.flatten(0, 1)).view(*h.shape[:2], -1)  # (B, T, d + 1)
+            return dp.per_row_cross_entropy(z, module.output_weight(), seq, m)  # (B,)
+
+        self._train(batches, loss_fn, None, privacy=hook)
 
     def _loss(self, z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Loss for output queries ``z`` (N, d + 1) and target ids ``tgt`` (N,)."""

@@ -296,6 +296,8 @@ class ContentSASRec(_ContentMixin, SASRec):
         return net
 
     def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+        if self.private:  # the content tower's inputs are not covered by the DP training path
+            raise ValueError("privacy_epsilon is supported by sasrec and bert4rec, not sasrec-content")
         self._owns_item_map = False
         table, new_rows = self._load_catalogue(data)
         text = self._text_matrix(table) if self.use_features is None or \

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from attnrec import privacy as dp
 from attnrec.data.dataset import EvalSet
 from attnrec.models.base import Recommender
 from attnrec.training import TrainConfig, TrainResult, train
@@ -61,10 +62,36 @@ class NeuralSequenceModel(Recommender):
         return {"epochs": best, "patience": None, "max_seconds": None,
                 "lr_decay_patience": None, "lr_decay_epochs": decays}
 
+    # ---- differential privacy (attnrec.privacy) --------------------------
+    @property
+    def private(self) -> bool:
+        """Trained with user-level DP-SGD (``privacy_epsilon`` set and finite)."""
+        return dp.is_private(self.privacy_epsilon)
+
+    @property
+    def uses_validation(self) -> bool:
+        """Whether ``fit(data, valid)`` selects on validation (never under DP: fixed epochs)."""
+        return not self.private
+
+    def _privacy_hook(self, n_users: int, n_rows: int) -> dp.DPSGD:
+        """The DP-SGD hook for ``n_rows`` user rows (delta defaults to ``1 / n_users``)."""
+        if self.loss != "ce":
+            raise ValueError(f"privacy_epsilon needs loss='ce' (per-user full softmax), got {self.loss!r}")
+        delta = self.privacy_delta if self.privacy_delta is not None else dp.default_delta(n_users)
+        return dp.DPSGD(dp.PrivacyConfig(
+            epsilon=float(self.privacy_epsilon), delta=float(delta), n_rows=n_rows,
+            expected_batch_size=int(self.batch_size), epochs=int(self.epochs),
+            max_grad_norm=float(self.privacy_clip), accountant=self.privacy_accountant,
+            microbatch=int(self.privacy_microbatch), seed=int(self.seed)))
+
     def _train(self, batches: Callable[[int, np.random.Generator], Iterable[Any]],
-               loss_fn: Callable[..., torch.Tensor], valid: EvalSet | None) -> TrainResult:
-        """Train ``net_``; early stopping on validation NDCG@10 (full ranking) when ``valid`` is given."""
+               loss_fn: Callable[..., torch.Tensor], valid: EvalSet | None,
+               privacy: dp.DPSGD | None = None) -> TrainResult:
+        """Train ``net_``; early stopping on validation NDCG@10 (full ranking) when ``valid`` is given
+        (never under ``privacy``: its epochs are fixed in advance)."""
         evaluate_fn = None
+        if privacy is not None:
+            valid = None
         if valid is not None and len(valid):
             from attnrec.evaluation import evaluate
 
@@ -74,7 +101,8 @@ class NeuralSequenceModel(Recommender):
         cfg = self.train_config()
         if evaluate_fn is None:
             cfg.patience = None
-        res = train(self.net_, batches, loss_fn, cfg, evaluate_fn)
+        res = train(self.net_, batches, loss_fn, cfg, evaluate_fn, privacy=privacy)
+        self.privacy_ = res.privacy
         self.history_ = res.history
         self.best_epoch_ = res.best_epoch if evaluate_fn is not None else res.epochs_run
         self.best_metric_ = res.best_metric if evaluate_fn is not None else None
@@ -113,6 +141,7 @@ class NeuralSequenceModel(Recommender):
             "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
             "epochs_run": getattr(self, "epochs_run_", None),
             "lr_decays": getattr(self, "lr_decays_", []),
+            "privacy": getattr(self, "privacy_", None),
         }
 
     def _load_extra_config(self, extra: dict[str, Any]) -> None:
@@ -121,6 +150,7 @@ class NeuralSequenceModel(Recommender):
         self.best_metric_ = extra.get("best_metric")
         self.epochs_run_ = extra.get("epochs_run")
         self.lr_decays_ = extra.get("lr_decays", [])
+        self.privacy_ = extra.get("privacy")
 
 
 def _finite_or_none(x: float | None) -> float | None:

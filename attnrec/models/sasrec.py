@@ -61,6 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from attnrec import privacy as dp
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models.attention import AttentionConfig, TransformerBlock
 from attnrec.models.base import register
@@ -237,6 +238,18 @@ def training_windows(data: SequenceData, max_len: int) -> tuple[np.ndarray, np.n
     return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
 
 
+def window_batch(data: SequenceData, starts: np.ndarray, lens: np.ndarray
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded training windows -> ``(seq, tgt, mask)``, each ``(B, T)``, ``T = lens.max()``."""
+    T = int(lens.max())
+    ar = np.arange(T)
+    mask = ar[None, :] < lens[:, None]  # (B, T)
+    pos = np.where(mask, starts[:, None] + ar[None, :], 0)
+    seq = torch.from_numpy(np.where(mask, data.items[pos], 0))
+    tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
+    return seq, tgt, torch.from_numpy(mask)
+
+
 def pad_right(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Last ``max_len`` items of each history, right-padded -> ``(seq (B, T), lengths (B,))``."""
     lens = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
@@ -304,6 +317,11 @@ class SASRec(NeuralSequenceModel):
         sparse_grad: bool | str = "auto",
         lr_decay_patience: int | None = None,
         lr_decay_epochs: tuple[int, ...] | list[int] = (),
+        privacy_epsilon: float | None = None,
+        privacy_delta: float | None = None,
+        privacy_clip: float = 1.0,
+        privacy_accountant: str = "rdp",
+        privacy_microbatch: int = 32,
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -339,6 +357,11 @@ class SASRec(NeuralSequenceModel):
         self.lr_decay_patience = lr_decay_patience
         self.lr_decay_epochs = lr_decay_epochs
         self.sparse_grad = sparse_grad
+        self.privacy_epsilon = privacy_epsilon
+        self.privacy_delta = privacy_delta
+        self.privacy_clip = privacy_clip
+        self.privacy_accountant = privacy_accountant
+        self.privacy_microbatch = privacy_microbatch
 
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:
@@ -389,6 +412,8 @@ class SASRec(NeuralSequenceModel):
         mean_len = float(data.lengths.mean()) if data.n_users else 0.0
         self.dropout_ = (0.5 if mean_len < 20 else 0.2) if self.dropout == "auto" else float(self.dropout)
         self.net_ = self._build(data.n_items)
+        if self.private:
+            return self._fit_private(data)
         starts, lens = training_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training targets: every sequence has fewer than 2 items")
@@ -413,14 +438,7 @@ class SASRec(NeuralSequenceModel):
             chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
             for j in rng.permutation(len(chunks)):
                 sel = chunks[j]
-                s, n = starts[sel], lens[sel]
-                T = int(n.max())
-                ar = np.arange(T)
-                mask = ar[None, :] < n[:, None]  # (B, T)
-                pos = np.where(mask, s[:, None] + ar[None, :], 0)
-                seq = torch.from_numpy(np.where(mask, data.items[pos], 0))
-                tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
-                yield seq, tgt, torch.from_numpy(mask)
+                yield window_batch(data, starts[sel], lens[sel])
 
         def loss_fn(module, batch) -> torch.Tensor:
             seq, tgt, mask = batch
@@ -428,6 +446,28 @@ class SASRec(NeuralSequenceModel):
             return self._loss(h[mask], tgt[mask])  # (N, d), (N,)
 
         self._train(batches, loss_fn, valid)
+        self.n_train_targets_ = int(lens.sum())
+
+    def _fit_private(self, data: SequenceData) -> None:
+        """User-level DP-SGD (:mod:`attnrec.privacy`): one row per user, their last
+        ``max_len`` targets (older ones are not used), Poisson-sampled, clipped per row."""
+        users = np.flatnonzero(data.lengths >= 2)
+        if len(users) == 0:
+            raise ValueError("no training targets: every sequence has fewer than 2 items")
+        lens = np.minimum(data.lengths[users] - 1, self.max_len).astype(np.int64)
+        starts = data.indptr[users + 1].astype(np.int64) - 1 - lens
+        hook = self._privacy_hook(data.n_users, len(users))
+        size = self.privacy_microbatch
+
+        def batches(epoch: int, rng: np.random.Generator):
+            for rows in hook.sample_rows(rng):  # one Poisson batch -> its micro-batches
+                yield [window_batch(data, starts[m], lens[m]) for m in dp.microbatches(rows, lens, size)]
+
+        def loss_fn(module, batch) -> torch.Tensor:
+            seq, tgt, mask = batch
+            return dp.per_row_cross_entropy(module(seq), module.output_weight(), tgt, mask)  # (B,)
+
+        self._train(batches, loss_fn, None, privacy=hook)
         self.n_train_targets_ = int(lens.sum())
 
     def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
