@@ -279,9 +279,6 @@ def train(
                 pbar.update(1)
             stop = cfg.patience is not None and evaluate is not None and bad_evals >= cfg.patience
             over_budget = cfg.max_seconds is not None and time.perf_counter() - t_train > cfg.max_seconds
-            if privacy is not None and privacy.exhausted and epoch < cfg.epochs:
-                log.warning("privacy budget spent after epoch %d: stopping", epoch)
-                over_budget = True
             # clocks differ between ranks: rank 0 decides for all
             stop, over_budget = dist_utils.broadcast_object((stop, over_budget))
             if ckpt_path is not None and main:  # "finished" = stopped early: resuming must not train further
@@ -293,6 +290,9 @@ def train(
                 break
             if over_budget:
                 log.warning("time budget of %.0fs reached after epoch %d", cfg.max_seconds, epoch)
+                break
+            if privacy is not None and privacy.exhausted and epoch < cfg.epochs:
+                log.warning("privacy budget spent after epoch %d: stopping", epoch)
                 break
     finally:
         if pbar is not None:
