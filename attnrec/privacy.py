@@ -275,6 +275,12 @@ def per_row_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tenso
     return (ce * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def is_private(epsilon: float | None) -> bool:
-    """``privacy_epsilon`` None or infinity means non-private training."""
-    return epsilon is not None and not math.isinf(float(epsilon))
+def is_private(epsilon: float | str | None) -> bool:
+    """``privacy_epsilon`` None or infinity (``inf``) means non-private training."""
+    if epsilon is None:
+        return False
+    try:
+        value = float(epsilon)
+    except (TypeError, ValueError):
+        raise ValueError(f"privacy_epsilon must be a positive number or inf, got {epsilon!r}") from None
+    return not math.isinf(value)

@@ -188,6 +188,7 @@ def test_private_training_is_reproducible_from_its_seed(shop_data):
 # ---- bad input ----------------------------------------------------------------------------
 @pytest.mark.parametrize("params, message", [
     (dict(privacy_epsilon=-1.0), "privacy_epsilon must be a positive finite number, got -1.0"),
+    (dict(privacy_epsilon="lots"), "privacy_epsilon must be a positive number or inf, got 'lots'"),
     (dict(privacy_epsilon=1.0, privacy_delta=2.0), r"privacy_delta must be in \(0, 1\), got 2.0"),
     (dict(privacy_epsilon=1.0, privacy_accountant="gdp"), "privacy_accountant must be one of"),
     (dict(privacy_epsilon=1.0, privacy_clip=0.0), "privacy_clip must be > 0"),
@@ -200,8 +201,9 @@ def test_bad_privacy_settings_are_named(params, message, shop_data):
 
 
 def test_infinite_epsilon_means_ordinary_training(shop_data):
-    m = SASRec(**TINY, epochs=1, privacy_epsilon=float("inf")).fit(shop_data)
-    assert not m.private and m.privacy_ is None and m.uses_validation
+    for eps in (float("inf"), "inf", None):  # "inf" as given on the command line
+        m = SASRec(**TINY, epochs=1, privacy_epsilon=eps).fit(shop_data)
+        assert not m.private and m.privacy_ is None and m.uses_validation
 
 
 def test_private_fit_ignores_validation_and_pipeline_trains_once(shop_data):
