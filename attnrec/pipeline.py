@@ -20,7 +20,7 @@ import numpy as np
 from attnrec.data.dataset import SequenceData, Split
 from attnrec.data.io import ColumnMap
 from attnrec.data.preprocess import PreprocessConfig, PreprocessReport, load_dataset
-from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate
+from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate, validation_metric
 from attnrec.models.base import Recommender, get_model_class
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def fit_for_test(model: Recommender, split: Split) -> Recommender:
     never seen either way.
     """
     if callable(getattr(model, "refit_params", None)) and len(split.valid):
-        model.fit(split.train, valid=split.valid)
+        model.fit(split.train, valid=split.valid, metric=validation_metric())
         validation = {
             "best_epoch": getattr(model, "best_epoch_", None),
             "best_metric": getattr(model, "best_metric_", None),
