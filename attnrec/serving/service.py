@@ -29,7 +29,7 @@ import numpy as np
 from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot
 from attnrec.serving.metrics import Metrics
 from attnrec.serving.settings import Settings
-from attnrec.serving.store import EventStore, user_digest
+from attnrec.serving.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class RecService:
     # ---- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        self.store = EventStore(s.resolved_database_url)
+        self.store = EventStore(s.resolved_database_url, secret=s.tombstone_secret(), timeout_s=s.db_timeout_s)
         self._deleted = self.store.deleted_digests()
         self._has_events = self.store.users_with_events()
         self._install(load_snapshot(s.model_path, s.explain_top, s.index))
@@ -172,7 +172,7 @@ class RecService:
         """
         if user in self._has_events:
             return None
-        digest = user_digest(user)
+        digest = self.store.digest(user)
         entry = UserEntry((), digest in self._deleted)
         self._cache[user] = entry
         if user in self._has_events or (not entry.tombstoned and digest in self._deleted):
@@ -189,7 +189,7 @@ class RecService:
         with self._lock:
             entry = self._cache.get(user)
             if entry is None:
-                entry = UserEntry(tuple(self.store.user_items(user)), user_digest(user) in self._deleted)
+                entry = UserEntry(tuple(self.store.user_items(user)), self.store.digest(user) in self._deleted)
                 self._put(user, entry)
             return entry
 
@@ -206,7 +206,7 @@ class RecService:
             return False
         if entry is not None:
             return not entry.tombstoned
-        return user_digest(user) not in self._deleted
+        return self.store.digest(user) not in self._deleted
 
     def ingest(self, rows: Sequence[dict]) -> dict[str, Any]:
         """Commit events, then update cached sequences; returns the acknowledgement."""
@@ -224,7 +224,7 @@ class RecService:
         get_item, get_user = snap.item_map.get, snap.user_map.get
         unknown_items = sum(1 for r in rows if get_item(r["item_id"]) is None)
         unknown_users = sum(1 for r in rows if get_user(r["user_id"]) is None
-                            or user_digest(r["user_id"]) in self._deleted)
+                            or self.store.digest(r["user_id"]) in self._deleted)
         m = self.metrics
         m.events.inc(len(rows))
         if unknown_items:
@@ -238,7 +238,7 @@ class RecService:
         """Remove the user's events and cached state; None if the user was unknown."""
         snap = self.snap
         with self._lock:
-            digest = user_digest(user)
+            digest = self.store.digest(user)
             in_model = snap.user_map.get(user) is not None and digest not in self._deleted
             has_events = bool(self.store.user_items(user))
             if not in_model and not has_events:
