@@ -81,14 +81,20 @@ class ObservabilityMiddleware:
                                            {"WWW-Authenticate": "APIKey"})
 
         body_timeout = settings.body_timeout_s
+        deadline = None
 
         async def timed_receive():
+            # the whole body within body_timeout_s: a trickle of bytes does not reset the clock
+            nonlocal deadline
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + body_timeout
             try:
-                return await asyncio.wait_for(receive(), body_timeout)
+                return await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
             except asyncio.TimeoutError:
                 raise _BodyTimeout from None
 
-        app_receive = timed_receive
+        app_receive = receive
         length = None
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -98,9 +104,9 @@ class ObservabilityMiddleware:
                     length = limit + 1
         if length is not None and length > limit:
             return await self._reject(scope, send, t0, limit)
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
-            # no length (chunked): buffer up to the limit before the app sees it, because
-            # FastAPI turns any error raised while it reads the body into a 400
+        if length != 0 and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            # buffer the body (up to the limit, within the body timeout) before the app sees
+            # it, because FastAPI turns any error raised while it reads the body into a 400
             chunks, size, more = [], 0, True
             while more:
                 try:
@@ -140,9 +146,6 @@ class ObservabilityMiddleware:
 
         try:
             await self.app(scope, app_receive, send_wrapper)
-        except _BodyTimeout:
-            if status_code == 500:  # nothing sent yet
-                return await self._body_timeout(scope, send, t0, body_timeout)
         finally:
             self._observe(scope, status_code, t0)
 
