@@ -243,3 +243,13 @@ def test_a_private_bundle_loads_and_serves(shop_data, tmp_path):
             assert key in p
         assert p["epsilon"] <= 4.0 and p["accountant"] == "rdp"
         assert card["params"]["privacy_epsilon"] == 4.0
+
+
+def test_a_model_without_a_dp_path_refuses_privacy_epsilon(shop_data):
+    """The option lives in the shared TrainConfig; DIN's two-stage ranker has no DP step."""
+    from attnrec.models.din import TwoStage
+
+    model = TwoStage(first_stage="pop", n_candidates=20, d_model=8, max_len=5, att_hidden=8,
+                     mlp_hidden=[8], epochs=1, batch_size=32, num_threads=1, privacy_epsilon=1.0)
+    with pytest.raises(ValueError, match="privacy_epsilon is supported by sasrec and bert4rec, not two-stage"):
+        model.fit(shop_data)
