@@ -289,6 +289,18 @@ class TransformerBlock(nn.Module):
         return x, w
 
 
+class BlockStack(nn.ModuleList):
+    """:class:`TransformerBlock` layers applied in order; returns ``(x, per-layer weights)``."""
+
+    def forward(self, x: torch.Tensor, *, need_weights: bool = False, **masks
+                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        weights = []
+        for block in self:
+            x, w = block(x, need_weights=need_weights, **masks)  # (B, T, d)
+            weights.append(w)
+        return x, weights
+
+
 def init_weights(m: nn.Module) -> None:
     """GPT-style initialisation (``module.apply(init_weights)``): N(0, 0.02), zero biases and padding rows."""
     if isinstance(m, nn.Linear):

@@ -38,7 +38,6 @@ product with the (tied) item embeddings plus a per-item output bias.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -48,13 +47,11 @@ import torch.nn as nn
 
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models import losses
-from attnrec.models.attention import AttentionConfig, TransformerBlock, init_weights
+from attnrec.models.attention import AttentionConfig, BlockStack, TransformerBlock, init_weights
 from attnrec.models.base import register
 from attnrec.models.batching import cloze_windows, length_grouped_batches, pad_right, window_ids
 from attnrec.models.neural import NeuralSequenceModel
 from attnrec.training import ValidationMetric
-
-log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "sampled_softmax")
 
@@ -76,7 +73,7 @@ class BERT4RecNet(nn.Module):
         self.pos_emb = nn.Embedding(max_len, d)  # position counted from the end
         self.emb_ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.emb_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(n_layers))
+        self.blocks = BlockStack(TransformerBlock(cfg) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
         # BERT's prediction head transform; output embeddings are tied to the input ones
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=cfg.layer_norm_eps))
@@ -101,11 +98,8 @@ class BERT4RecNet(nn.Module):
         pos = (lens - 1 - torch.arange(T, device=seq.device)[None, :]).clamp(min=0)  # (B, T)
         x = self.item_emb(seq) + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_drop(self.emb_ln(x))
-        weights = []
-        for block in self.blocks:
-            # bidirectional: no causal mask, only padding keys are hidden
-            x, w = block(x, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
-            weights.append(w)
+        # bidirectional: no causal mask, only padding keys are hidden
+        x, weights = self.blocks(x, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
         x = self.ln_f(x)
         return (x, weights) if need_weights else x
 

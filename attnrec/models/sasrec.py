@@ -49,7 +49,6 @@ BSARec's published value for Beauty, not tuned here.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -63,8 +62,6 @@ from attnrec.models.batching import length_grouped_batches, pad_right, training_
 from attnrec.models.neural import NeuralSequenceModel
 from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 from attnrec.training import ValidationMetric
-
-log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 
@@ -83,8 +80,6 @@ class SASRec(NeuralSequenceModel):
     the recommended final protocol refits on train+valid for that many epochs
     (:meth:`refit_params`).
     """
-
-    sequential = True
 
     def __init__(
         self,

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnrec.models.attention import AttentionConfig, TransformerBlock, init_weights
+from attnrec.models.attention import AttentionConfig, BlockStack, TransformerBlock, init_weights
 
 MIXERS = ("none", "lowpass")
 
@@ -80,7 +80,7 @@ class SASRecNet(nn.Module):
         self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0, sparse=cfg.sparse_grad)
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         self.emb_drop = nn.Dropout(att.dropout)
-        self.blocks = nn.ModuleList(
+        self.blocks = BlockStack(
             TransformerBlock(att, mixer=CausalLowPass(d) if cfg.mixer == "lowpass" else None, alpha=cfg.alpha)
             for _ in range(cfg.n_layers)
         )
@@ -106,10 +106,7 @@ class SASRecNet(nn.Module):
         T = seq.shape[1]
         x = self.embed(seq) * math.sqrt(self.cfg.attention.d_model)  # (B, T, d)
         x = self.emb_drop(x + self.pos_emb.weight[:T])  # (B, T, d)
-        weights = []
-        for block in self.blocks:
-            # right padding + causal mask: a real position never sees a padding key
-            x, w = block(x, causal=True, need_weights=need_weights)  # (B, T, d)
-            weights.append(w)
+        # right padding + causal mask: a real position never sees a padding key
+        x, weights = self.blocks(x, causal=True, need_weights=need_weights)  # (B, T, d)
         x = self.ln_f(x)
         return (x, weights) if need_weights else x
