@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 from attnrec.data.preprocess import load_dataset  # noqa: E402
 from attnrec.data.splits import leave_one_out  # noqa: E402
 from attnrec.evaluation import evaluate, validation_metric  # noqa: E402
-from attnrec.models.sasrec import SASRec, training_windows  # noqa: E402
+from attnrec.models.batching import training_windows  # noqa: E402
+from attnrec.models.sasrec import SASRec  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_attention")
