@@ -606,15 +606,6 @@ class FeatureTable:
             out.append(sep.join(parts))
         return out
 
-    def multi_hot(self, column: str) -> np.ndarray:
-        """``(n_rows, vocab + 1)`` 0/1 matrix of a categorical column (column 0 = none)."""
-        a = self.categorical[column]
-        out = np.zeros((self.n_rows, len(self.schema.vocab[column]) + 1), np.float32)
-        rows = np.repeat(np.arange(self.n_rows), a.shape[1])
-        out[rows, a.reshape(-1)] = 1.0
-        out[:, 0] = 0.0
-        return out
-
     def attach_vectors(self, name: str, ids: Sequence[str], matrix: np.ndarray) -> None:
         """Add a precomputed vector column from ``(ids, matrix)`` (e.g. :func:`read_vectors`)."""
         matrix = np.asarray(matrix, dtype=np.float32)
