@@ -30,34 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import attnrec.models  # noqa: F401  (registry first: avoids an import cycle via evaluation)
+from attnrec.benchmarking import load_split
+from attnrec.evaluation import evaluate
+from attnrec.models.sasrec import SASRec, training_windows
 
-from attnrec.data.dataset import SequenceData  # noqa: E402
-from attnrec.data.preprocess import load_dataset  # noqa: E402
-import attnrec.models  # noqa: E402,F401  (registry first: avoids an import cycle via evaluation)
-from attnrec.evaluation import evaluate  # noqa: E402
-from attnrec.models.sasrec import SASRec, training_windows  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_attention")
-
-
-def loo_split(data: SequenceData):
-    try:
-        from attnrec.data.splits import leave_one_out
-
-        return leave_one_out(data)
-    except ImportError:  # before the splits module existed
-        from attnrec.data.dataset import EvalSet, Split
-
-        seqs = data.sequences()
-        u = np.arange(len(seqs))
-        train = SequenceData.from_lists([s[:-2] for s in seqs], data.n_items)
-        full = SequenceData.from_lists([s[:-1] for s in seqs], data.n_items)
-        valid = EvalSet.from_lists(u, [s[:-2] for s in seqs], [[s[-2]] for s in seqs], "valid")
-        test = EvalSet.from_lists(u, [s[:-1] for s in seqs], [[s[-1]] for s in seqs], "test")
-        return Split(train, valid, full, test)
 
 
 # ---------------------------------------------------------------------------
@@ -132,7 +110,7 @@ def epoch_flops(lens: np.ndarray, d: int, n_layers: int, V: int, loss: str, n_ne
 # ---------------------------------------------------------------------------
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default="beauty", help="a shared dataset name or an interaction file")
     ap.add_argument("--loss", choices=["ce", "sampled_softmax", "bce", "gbce"])
     ap.add_argument("--similarity", choices=["dot", "cosine", "pearson"])
     ap.add_argument("--top-k", type=int)
@@ -187,8 +165,7 @@ def main(argv=None) -> dict:
     p = model.get_params()
 
     t_all = time.perf_counter()
-    data = load_dataset(Path(args.data))[0]  # the library loader: ids as in the file
-    split = loo_split(data)
+    data, split = load_split(args.data)  # the library loader: ids as in the file
     V = data.n_items
     dtype = torch.bfloat16 if p["bf16"] else torch.float32
     thr = measure_throughput(p["d_model"], V, p["ce_chunk"], dtype)
