@@ -21,7 +21,7 @@ from attnrec.data.dataset import SequenceData, Split
 from attnrec.data.errors import DataError
 from attnrec.data.columns import ColumnMap
 from attnrec.data.preprocess import PreprocessConfig, PreprocessReport, load_dataset
-from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate
+from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate, validation_metric
 from attnrec.models.base import Recommender, get_model_class
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
     """
     check_protocol(protocol)
     if callable(getattr(model, "refit_params", None)) and len(split.valid):
-        model.fit(split.train, valid=split.valid)
+        model.fit(split.train, valid=split.valid, metric=validation_metric())
         validation = selection_record(model, split)
         if protocol == "refit":
             model.set_params(**model.refit_params())

@@ -30,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import attnrec.models  # noqa: F401  (registry first: avoids an import cycle via evaluation)
 from attnrec.benchmarking import load_split
-from attnrec.evaluation import evaluate
+from attnrec.evaluation import evaluate, validation_metric
 from attnrec.models.sasrec import SASRec, training_windows
 
 log = logging.getLogger("beauty_attention")
@@ -180,7 +179,7 @@ def main(argv=None) -> dict:
 
     # 1. model selection on the validation split
     t0 = time.perf_counter()
-    model.fit(split.train, split.valid)
+    model.fit(split.train, split.valid, validation_metric())
     t_select = time.perf_counter() - t0
     best_epoch = model.best_epoch_
     valid_ndcg = model.best_metric_
@@ -192,7 +191,7 @@ def main(argv=None) -> dict:
     t_refit = 0.0
     if args.protocol == "refit":
         t0 = time.perf_counter()
-        refit = {**p, **model.refit_params(), "max_seconds": None}
+        refit = {**p, **model.refit_params()}
         if args.checkpoint_dir:
             refit["checkpoint_dir"] = str(Path(args.checkpoint_dir) / "refit")
         final = SASRec(**refit).fit(split.train_full)

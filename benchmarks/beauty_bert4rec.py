@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from attnrec.benchmarking import load_split
-from attnrec.evaluation import evaluate
+from attnrec.evaluation import evaluate, validation_metric
 from attnrec.models.bert4rec import BERT4Rec
 from attnrec.pipeline import fit_for_test, parse_value
 
@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
         fit_for_test(model, split)
         sel = model.validation_
     else:
-        model.fit(split.train, split.valid)
+        model.fit(split.train, split.valid, validation_metric())
         sel = {"best_epoch": model.best_epoch_, "best_metric": model.best_metric_, "history": model.history_}
     t_train = time.perf_counter() - t0
     res = evaluate(model, split.test, ks=(5, 10, 20))
