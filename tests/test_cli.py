@@ -244,6 +244,8 @@ def test_bad_input_files_fail_before_training(shop, tmp_path, no_training, comma
          "features.csv: sasrec-content.item_features: the feature file has no usable rows"),
         ((bad_data, *extra), "bad.csv, line 3, column 'timestamp': 'yesterday' is not a number"),
     ]
+    if command == "evaluate":
+        cases.append(((data, *extra, "--bundle", tmp_path / "no_bundle"), "no_bundle is not an attnrec bundle"))
     for args, message in cases:
         r = invoke(command, *args)
         assert r.exit_code == 2, r.output
