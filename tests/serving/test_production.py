@@ -345,7 +345,8 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
 
     def absent(client):
         assert client.get(f"/users/{user}").status_code == 404
-        assert client.get(f"/users/{user}/attention").status_code == 404
+        att = client.get(f"/users/{user}/attention").json()  # exactly what a stranger gets
+        assert att["history"] == [] and att["history_total"] == 0 and not att["known_to_model"]
         r = client.get(f"/users/{user}/recommendations").json()
         assert r["source"] == "popularity-fallback"
         found = client.get("/explorer/users", params={"q": user, "limit": 500}).json()

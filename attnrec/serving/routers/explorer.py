@@ -277,8 +277,6 @@ async def user_attention(request: Request, user: UserPath, service: ServiceDep) 
     entry = service.cached_user(user)
     if entry is None:
         entry = await run_in_threadpool(service.load_user, user)
-    if not service.is_known(snap, user, entry) and not entry.events:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown user {user!r}")
     seq, _ = entry.sequence(snap, user)
     fit = None if entry.tombstoned else snap.fit_history(user)
     n_fit = 0 if fit is None else len(fit)
