@@ -186,7 +186,7 @@ async def search_users(request: Request, service: ServiceDep,
         hits = sorted(hits, key=lambda i: (idx["user_lower"][i] != needle, len(idx["users"][i]), i))
     shown = [{"user": idx["users"][i], "history_length": int(idx["lengths"][i])}
              for i in hits[offset:offset + limit]]
-    total = len(idx["users"]) - len(service._deleted_users.get(snap.version, ()))
+    total = len(idx["users"]) - service.deleted_model_users(snap)
     return FastJSON({"users": shown, "total": total, "matches": len(hits)})
 
 
