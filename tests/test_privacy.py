@@ -14,7 +14,8 @@ pytest.importorskip("opacus")
 from attnrec import privacy as dp  # noqa: E402
 from attnrec.models.attention import AttentionConfig  # noqa: E402
 from attnrec.models.bert4rec import BERT4Rec  # noqa: E402
-from attnrec.models.sasrec import SASRec, SASRecNet, window_batch  # noqa: E402
+from attnrec.models.sasrec import SASRec, next_item_batch  # noqa: E402
+from attnrec.models.sasrec_net import SASRecConfig, SASRecNet  # noqa: E402
 
 TINY = dict(d_model=16, n_layers=1, n_heads=1, max_len=12, batch_size=32, num_threads=1,
             privacy_microbatch=16)
@@ -75,7 +76,7 @@ def test_training_stops_rather_than_exceed_the_budget(shop_data, caplog):
 
     def batches(epoch, rng):
         for rows in hook.sample_rows(rng):
-            yield [window_batch(shop_data, starts[r], lens[r]) for r in dp.microbatches(rows, lens, 16)]
+            yield [next_item_batch(shop_data, starts[r], lens[r]) for r in dp.microbatches(rows, lens, 16)]
 
     def loss_fn(module, batch):
         seq, tgt, mask = batch
@@ -94,7 +95,8 @@ def test_training_stops_rather_than_exceed_the_budget(shop_data, caplog):
 # ---- per-user clipping --------------------------------------------------------------------
 def _tiny_net() -> SASRecNet:
     torch.manual_seed(0)
-    net = SASRecNet(30, 8, AttentionConfig(d_model=8, n_heads=1, dropout=0.0), 1, mixer="lowpass")
+    net = SASRecNet(SASRecConfig(n_items=30, max_len=8, n_layers=1, mixer="lowpass",
+                                 attention=AttentionConfig(d_model=8, n_heads=1, dropout=0.0)))
     return net.train()
 
 
