@@ -262,14 +262,16 @@ def default_delta(n_users: int) -> float:
 
 def per_row_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
                           mask: torch.Tensor) -> torch.Tensor:
-    """Full-softmax cross-entropy of ``h @ W[1:].T``, averaged over each row's ``mask``: ``(B,)``.
+    """Full-softmax cross-entropy over items 1..V of ``h @ W.T``, averaged over each row's ``mask``: ``(B,)``.
 
     ``h`` (B, T, d), ``W`` (V + 1, d) with row 0 padding, ``targets`` (B, T) ids 1..V.
-    The DP fallback of the fused kernel (which cannot be vmapped): the ``(B, T, V)``
+    The DP fallback of the fused kernel (which cannot be vmapped): the ``(B, T, V + 1)``
     logits of one micro-batch exist at once.
     """
-    logits = h @ W[1:].T  # (B, T, V)
-    ce = nn.functional.cross_entropy(logits.flatten(0, 1).float(), (targets - 1).clamp(min=0).flatten(),
+    # all V + 1 rows with the padding column masked, not ``W[1:]``: under vmap the slice's backward
+    # costs a zero-filled (B, V + 1, d) copy per micro-batch (measured 1.8x slower at 12,000 items)
+    logits = (h @ W.T).masked_fill(torch.arange(W.shape[0]) == 0, float("-inf"))  # (B, T, V + 1)
+    ce = nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.clamp(min=1).flatten(),
                                      reduction="none").view(targets.shape)  # (B, T)
     m = mask.to(ce.dtype)
     return (ce * m).sum(1) / m.sum(1).clamp(min=1.0)

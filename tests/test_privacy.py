@@ -173,6 +173,11 @@ def test_per_user_gradients_match_one_backward_per_user():
         for k, p in wrapper.named_parameters():
             torch.testing.assert_close(grads[k][i], p.grad, rtol=1e-4, atol=1e-6)
     assert "net.item_emb.weight" in grads and "net.blocks.0.mixer.log_tau" in grads
+    # the per-user loss is the mean full-softmax cross-entropy over the user's real positions
+    with torch.no_grad():
+        h, W = net(seq[1:2]), net.output_weight()
+        ref = torch.nn.functional.cross_entropy((h[0, :4] @ W[1:].T), tgt[1, :4] - 1)
+    assert losses[1].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 # ---- reproducibility ----------------------------------------------------------------------
