@@ -208,7 +208,7 @@ def train(
         s = _guard(pipeline.make_split, data, split)
         _guard(pipeline.fit_for_test, m, s)
         info["protocol"] = s.describe()
-        if getattr(m, "validation_", None):
+        if m.validation_:
             info["validation"] = m.validation_
     else:
         _guard(m.fit, data)

@@ -17,11 +17,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from attnrec import retrieval
 from attnrec.data.dataset import SequenceData, Split
 from attnrec.data.io import ColumnMap
 from attnrec.data.preprocess import PreprocessConfig, PreprocessReport, load_dataset
 from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate
-from attnrec.models.base import Recommender, get_model_class
+from attnrec.models.base import Capability, Recommender, get_model_class
 
 log = logging.getLogger(__name__)
 
@@ -93,21 +94,16 @@ def make_split(data: SequenceData, protocol: str = "loo", **kw: Any) -> Split:
 def fit_for_test(model: Recommender, split: Split) -> Recommender:
     """Fit so that ``split.test`` can be evaluated without leakage.
 
-    Models with validation-driven training (early stopping) expose
-    ``refit_params()``: they are first fitted on ``split.train`` with
-    ``split.valid`` choosing the stopping epoch, then refitted from scratch on
-    ``split.train_full`` (train + validation interactions) with the chosen
-    settings. The validation run's history is kept in ``model.validation_``.
-    Other models are fitted on ``split.train_full`` directly. Test targets are
-    never seen either way.
+    Models that declare ``REFIT`` (validation-driven training, early stopping)
+    are first fitted on ``split.train`` with ``split.valid`` choosing the
+    stopping epoch, then refitted from scratch on ``split.train_full`` (train +
+    validation interactions) with ``refit_params()``. The validation run's
+    ``training_summary()`` is kept in ``model.validation_``. Other models are
+    fitted on ``split.train_full`` directly. Test targets are never seen either way.
     """
-    if callable(getattr(model, "refit_params", None)) and len(split.valid):
+    if model.supports(Capability.REFIT) and len(split.valid):
         model.fit(split.train, valid=split.valid)
-        validation = {
-            "best_epoch": getattr(model, "best_epoch_", None),
-            "best_metric": getattr(model, "best_metric_", None),
-            "history": getattr(model, "history_", []),
-        }
+        validation = model.training_summary()
         model.set_params(**model.refit_params())
         model.fit(split.train_full)
         model.validation_ = validation
@@ -222,18 +218,10 @@ def recommend_for_users(
             raise KeyError(f"{len(unknown)} unknown user id(s), e.g. {unknown[:5]}")
         dense = np.array([umap.to_dense(u) for u in users], dtype=np.int64)
     histories = [model.user_history(int(u)) for u in dense]
-    item_index = None
-    if index is not None:
-        from attnrec import retrieval
-
-        kind = retrieval.choose_kind(model.n_items_, index)
-        if retrieval.supports_vectors(model) and not (index == "auto" and kind == "exact"):
-            item_index = retrieval.build_index(model, kind)
-    if item_index is not None:
-        from attnrec.retrieval import recommend as retrieve
-
-        ids, scores = retrieve(model, histories, k=k, exclude_history=exclude_history, users=dense,
-                               index=item_index, batch_size=batch_size)
+    kind = retrieval.index_kind(model, index)
+    if kind is not None:
+        ids, scores = retrieval.recommend(model, histories, k=k, exclude_history=exclude_history, users=dense,
+                                          index=retrieval.build_index(model, kind), batch_size=batch_size)
     else:
         ids, scores = model.recommend(histories, k=k, exclude_history=exclude_history, users=dense, batch_size=batch_size)
     out = []

@@ -38,7 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.models.base import Recommender, exclusion_mask, get_model_class, register, top_k
+from attnrec.models.base import Recommender, get_model_class, register
+from attnrec.models.capabilities import Capability, Explanation
+from attnrec.ranking import exclusion_mask, top_k
 from attnrec.training import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -166,6 +168,8 @@ class TwoStage(Recommender):
     """
 
     sequential = True
+    capabilities = frozenset({Capability.EXPLAIN, Capability.REFIT})
+    explain_method = "target attention"
     smoke_params: ClassVar[dict[str, Any]] = dict(n_candidates=20, d_model=16, max_len=8, epochs=1,
                                                   train_positions=2, mlp_hidden=[16])
 
@@ -232,7 +236,7 @@ class TwoStage(Recommender):
         """For the refit on train+valid: first stage's refit settings, ranker epochs, chosen blend."""
         self._check_fitted()
         fs = dict(self.first_stage_params or {})
-        if callable(getattr(self.first_, "refit_params", None)):
+        if self.first_.supports(Capability.REFIT):
             fs.update(self.first_.refit_params())
         return {"first_stage_params": fs, "epochs": max(1, int(self.best_epoch_)),
                 "patience": None, "blend": self.blend_}
@@ -253,7 +257,7 @@ class TwoStage(Recommender):
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
         first = self._new_first()
-        has_refit = callable(getattr(first, "refit_params", None))
+        has_refit = first.supports(Capability.REFIT)
         first.fit(data, valid if (has_refit and valid is not None and len(valid)) else None)
         self.first_ = first
         self._side_information(data)
@@ -388,9 +392,7 @@ class TwoStage(Recommender):
         return idx.gather(1, o)
 
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         s, idx, vals = self.candidates(histories, users)
         r = self._blended(histories, users, idx, vals, self.blend_)  # (B, N)
         out = s.clone()
@@ -406,17 +408,43 @@ class TwoStage(Recommender):
         out[:, 0] = float("-inf")
         return out
 
-    @torch.no_grad()
-    def explain(self, history: np.ndarray, item: int, user: int | None = None) -> dict:
-        """Why ``item`` for ``history``: the ranker's attention over the last ``max_len`` items."""
+    def training_summary(self) -> dict[str, Any]:
         self._check_fitted()
+        return {"best_epoch": self.best_epoch_, "best_metric": None, "history": list(self.history_ or [])}
+
+    @torch.no_grad()
+    def _target_attention(self, history: np.ndarray, items: Sequence[int], user: int | None
+                          ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The ranker on ``items``: visible history, logits ``(N,)``, attention ``(N, L)``."""
         h = np.asarray(history, dtype=np.int64)[-self.max_len:]
         u = torch.tensor([user]) if (user is not None and self.user_spec_) else None
         if self.net_.training:
             self.net_.eval()
-        logit, w = self.net_(pad_left([h], self.max_len), torch.tensor([[int(item)]]), u)
-        weights = w[0, 0, -len(h):].numpy() if len(h) else np.zeros(0)
-        return {"item": int(item), "score": float(logit[0, 0]), "history": h.tolist(),
+        cand = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]
+        logit, w = self.net_(pad_left([h], self.max_len), cand, u)
+        return h, logit[0], (w[0, :, -len(h):] if len(h) else w[0, :, :0])
+
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
+        """Per recommended item: the ranker's target attention over the last ``max_len`` items."""
+        self._check_fitted()
+        out = []
+        for b, (history, rec) in enumerate(zip(histories, items)):
+            if len(rec) == 0:
+                out.append([])
+                continue
+            user = None if users is None else int(users[b])
+            h, _, w = self._target_attention(history, rec, user)
+            positions = np.arange(len(history) - len(h), len(history))
+            out.append([Explanation.over(self.explain_method, history, positions, w[j].double().numpy())
+                        for j in range(len(rec))])
+        return out
+
+    def explain(self, history: np.ndarray, item: int, user: int | None = None) -> dict:
+        """Why ``item`` for ``history``: the ranker's attention over the last ``max_len`` items."""
+        self._check_fitted()
+        h, logit, w = self._target_attention(history, [int(item)], user)
+        weights = w[0].numpy() if len(h) else np.zeros(0)
+        return {"item": int(item), "score": float(logit[0]), "history": h.tolist(),
                 "weights": weights.tolist(),
                 "top": [int(h[j]) for j in np.argsort(-weights, kind="stable")[:5]]}
 

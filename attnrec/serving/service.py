@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from attnrec.models.base import Capability
 from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot
 from attnrec.serving.metrics import Metrics
 from attnrec.serving.settings import Settings
@@ -106,7 +107,7 @@ class RecService:
             raise BadRequest(f"at most {self.settings.max_batch} items per request, got {len(rows)}")
         async with self._reload_lock:
             old = self.snap
-            if not callable(getattr(old.model, "add_items", None)):
+            if not old.model.supports(Capability.ADD_ITEMS):
                 raise BadRequest(
                     f"the served model ({old.model_name}) cannot take new items without retraining; "
                     "serve a content-aware model such as sasrec-content"
@@ -267,21 +268,17 @@ class RecService:
             if use_model:
                 scores = snap.score(history)
             else:
-                scores = snap.pop_scores.clone()
+                scores = snap.popularity_scores()
                 self.metrics.fallbacks.inc()
             ids, vals = snap.rank(scores, k, seen, excl, allowed)
-        cat = snap.catalogue
-        items = []
-        for raw, sc in zip(snap.raw_items(ids), vals.tolist()):
-            e = cat.get(raw) if cat is not None else None
-            items.append({"item": raw, "score": sc, "name": e.name if e else None,
-                          "category": e.category if e else None})
+        items = self._items_payload(snap, ids, vals)
         if explain:
             if use_model:
                 method, expl = snap.explain(history, ids)
             else:
                 method, expl = "popularity", [[] for _ in items]
             # decode every explaining item in one go
+            cat = snap.catalogue
             raws = iter(snap.raw_items([d for triples in expl for _, d, _ in triples]))
             for it, triples in zip(items, expl):
                 because = []
@@ -293,6 +290,24 @@ class RecService:
                 it["explanation"] = {"method": method, "because": because}
         return {"source": "model" if use_model else "popularity-fallback",
                 "model_version": snap.version, "items": items}
+
+    def similar_items(self, snap: ModelSnapshot, item: int, *, k: int, categories: Sequence[str],
+                      exclude_categories: Sequence[str]) -> dict[str, Any]:
+        """The items most similar to dense ``item`` under the model's own item-item similarity."""
+        allowed = snap.allowed_mask(categories, exclude_categories)
+        ids, vals = snap.rank(snap.similar_scores(item), k, np.array([item], dtype=np.int64), None, allowed)
+        return {"source": "model", "model_version": snap.version,
+                "items": self._items_payload(snap, ids, vals)}
+
+    @staticmethod
+    def _items_payload(snap: ModelSnapshot, ids: np.ndarray, vals: np.ndarray) -> list[dict[str, Any]]:
+        cat = snap.catalogue
+        items = []
+        for raw, sc in zip(snap.raw_items(ids), vals.tolist()):
+            e = cat.get(raw) if cat is not None else None
+            items.append({"item": raw, "score": sc, "name": e.name if e else None,
+                          "category": e.category if e else None})
+        return items
 
     def recommend_user(self, snap: ModelSnapshot, user: str, entry: UserEntry, q) -> dict[str, Any]:
         key = (snap.version, q.k, q.exclude_seen, tuple(q.exclude), tuple(q.categories),
