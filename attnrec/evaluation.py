@@ -31,6 +31,7 @@ import torch
 from attnrec.data.dataset import EvalSet
 from attnrec.models.base import Recommender
 from attnrec.ranking import exclusion_mask, ranks_of_targets, top_k  # noqa: F401 (ranks_of_targets: public here too)
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,16 @@ def evaluate(
     if per_case:
         result.per_case = per
     return result
+
+
+def validation_metric(k: int = 10) -> ValidationMetric:
+    """NDCG@k by full ranking (history items excluded): the metric models stop early on and select by."""
+    name = f"NDCG@{k}"
+    return ValidationMetric(
+        name,
+        evaluate=lambda model, evalset: evaluate(model, evalset, ks=(k,))[name],
+        of_ranks=lambda ranks: float(metrics_from_ranks(list(ranks), (k,))[name].mean()),
+    )
 
 
 def _sampled_ranks(

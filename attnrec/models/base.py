@@ -170,8 +170,14 @@ class Recommender:
         return f"{type(self).__name__}({args})"
 
     # ---- fitting ---------------------------------------------------------
-    def fit(self, data: SequenceData, valid: Any = None) -> "Recommender":
-        """Learn from ``data`` (``valid`` is an :class:`EvalSet` for early stopping)."""
+    def fit(self, data: SequenceData, valid: Any = None, metric: Any = None) -> "Recommender":
+        """Learn from ``data``.
+
+        ``valid`` (an :class:`EvalSet`) and ``metric`` (an
+        :class:`attnrec.training.ValidationMetric`, e.g.
+        :func:`attnrec.evaluation.validation_metric`) drive early stopping and
+        validation choices in the models that make them; others ignore both.
+        """
         if data.n_interactions == 0:
             raise ValueError("cannot fit on an empty dataset (0 interactions)")
         t0 = time.perf_counter()
@@ -180,12 +186,12 @@ class Recommender:
         self.user_map_ = data.user_map
         self.train_data_ = data
         self.item_counts_ = data.item_counts().astype(np.float32)
-        self._fit(data, valid)
+        self._fit(data, valid, metric)
         self.fit_seconds_ = time.perf_counter() - t0
         log.info("%s fitted in %.1fs", type(self).__name__, self.fit_seconds_)
         return self
 
-    def _fit(self, data: SequenceData, valid: Any) -> None:  # pragma: no cover - abstract
+    def _fit(self, data: SequenceData, valid: Any, metric: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _check_fitted(self) -> None:
@@ -215,10 +221,10 @@ class Recommender:
     def popularity_scores(self) -> torch.Tensor:
         """:func:`popularity_scores` of the fit data, ``(n_items + 1,)`` (memoised; do not modify)."""
         self._check_fitted()
-        memo = self.__dict__.get("_popularity")
-        if memo is None or len(memo) != self.n_items_ + 1:  # add_items grows the catalogue
+        data, memo = self.__dict__.get("_popularity", (None, None))
+        if data is not self.train_data_ or len(memo) != self.n_items_ + 1:  # new data, or add_items
             memo = popularity_scores(self.train_data_)
-            self._popularity = memo
+            self._popularity = (self.train_data_, memo)
         return memo
 
     def recommend(

@@ -24,12 +24,12 @@ from starlette.concurrency import run_in_threadpool
 
 from attnrec.jsonable import to_jsonable
 from attnrec.models.base import Capability
-from attnrec.serving.deps import ServiceDep, check_limit, snapshot
+from attnrec.serving.deps import UNAVAILABLE, ServiceDep, check_limit, redact_paths, snapshot
 from attnrec.serving.engine import ModelSnapshot
 from attnrec.serving.responses import FastJSON
-from attnrec.serving.schemas import HARD_MAX_LIST, RawId, Strict
+from attnrec.serving.schemas import HARD_MAX_LIST, PathId, RawId, Strict
 
-router = APIRouter(tags=["explorer"])
+router = APIRouter(tags=["explorer"], responses=UNAVAILABLE)
 
 STATIC_PACKAGE = "attnrec.serving"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(?:html|js|css|svg|png|ico)$")
@@ -48,7 +48,7 @@ _CARD_PARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "loss", 
 _WEIGHT_DIGITS = 4
 MAX_SHOWN_HISTORY = 200
 
-UserPath = Annotated[RawId, Path(description="Raw user id")]
+UserPath = Annotated[PathId, Path(description="Raw user id, percent-encoded ('/' as %2F)")]
 
 
 # ---- schemas ----------------------------------------------------------------------------------
@@ -181,32 +181,39 @@ def _index(snap: ModelSnapshot) -> dict:
 @router.get("/explorer/users", response_model=UserSearch, summary="Find users the model knows")
 async def search_users(request: Request, service: ServiceDep,
                        q: Annotated[str, Query(max_length=256, description="Part of a raw user id")] = "",
-                       limit: Annotated[int, Query(ge=1, le=500)] = 50) -> FastJSON:
+                       limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       offset: Annotated[int, Query(ge=0, le=100_000)] = 0) -> FastJSON:
     snap = snapshot(request, service)
     idx = await run_in_threadpool(_index, snap)
     needle = q.strip().lower()
-    hits = [i for i, u in enumerate(idx["user_lower"]) if needle in u] if needle else range(len(idx["users"]))
+    gone = service.is_deleted_dense
+    # deleted users are not listed, counted or found: their fit history is hidden everywhere
+    hits = [i for i, u in enumerate(idx["user_lower"]) if (not needle or needle in u) and not gone(snap, i)]
     if needle:  # exact id first, then shorter ids (u1 before u10)
         hits = sorted(hits, key=lambda i: (idx["user_lower"][i] != needle, len(idx["users"][i]), i))
     shown = [{"user": idx["users"][i], "history_length": int(idx["lengths"][i])}
-             for i in list(hits)[:limit]]
-    return FastJSON({"users": shown, "total": len(idx["users"]), "matches": len(hits)})
+             for i in hits[offset:offset + limit]]
+    total = len(idx["users"]) - len(service._deleted_users.get(snap.version, ()))
+    return FastJSON({"users": shown, "total": total, "matches": len(hits)})
 
 
 @router.get("/explorer/items", response_model=ItemSearch,
             summary="Find items by id, name or category")
 async def search_items(request: Request, service: ServiceDep,
                        q: Annotated[str, Query(max_length=256)] = "",
-                       limit: Annotated[int, Query(ge=1, le=200)] = 20) -> FastJSON:
+                       limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                       offset: Annotated[int, Query(ge=0, le=100_000)] = 0) -> FastJSON:
     snap = snapshot(request, service)
     idx = await run_in_threadpool(_index, snap)
     words = q.strip().lower().split()
-    hits = [i for i, t in enumerate(idx["item_text"]) if all(w in t for w in words)]
+    blocked = service.catalogue.blocked  # hidden, deleted and expired items are never listed
+    hits = [i for i, t in enumerate(idx["item_text"])
+            if all(w in t for w in words) and not blocked(idx["items"][i])]
     out = []
-    for i in hits[:limit]:
+    for i in hits[offset:offset + limit]:
         raw = idx["items"][i]
-        e = snap.item_info(raw)
-        out.append({"item": raw, "name": e.name if e else None, "category": e.category if e else None})
+        d = service.catalogue.describe(snap, raw)
+        out.append({"item": raw, "name": d["name"], "category": d["category"]})
     return FastJSON({"items": out, "matches": len(hits)})
 
 
@@ -230,7 +237,8 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
                                  for h in vhist]
     card = {
         "version": snap.version, "model": snap.model_name, "saved_at": info.get("saved_at"),
-        "dataset": bundle.get("dataset") or bundle.get("data"), "protocol": bundle.get("protocol"),
+        "dataset": _dataset_name(bundle.get("dataset") or bundle.get("data")),
+        "protocol": bundle.get("protocol"),
         "n_items": snap.n_items, "n_users": len(snap.user_map),
         "n_interactions": int(model.train_data_.n_interactions),
         "has_catalogue": snap.catalogue is not None, "categories": sorted(snap.category_codes),
@@ -240,6 +248,11 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
         "metrics": info.get("metrics") or {}, "validation": validation, "training": training,
     }
     return FastJSON(to_jsonable(card))
+
+
+def _dataset_name(value: Any) -> Any:
+    # a dataset given as a directory is shown by its name: no server paths in responses
+    return redact_paths(value).replace("…/", "") if isinstance(value, str) else value
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -274,6 +287,8 @@ async def user_attention(request: Request, user: UserPath, service: ServiceDep) 
     entry = service.cached_user(user)
     if entry is None:
         entry = await run_in_threadpool(service.load_user, user)
+    if not service.is_known(snap, user, entry) and not entry.events:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown user {user!r}")
     seq, _ = entry.sequence(snap, user)
     fit = None if entry.tombstoned else snap.fit_history(user)
     n_fit = 0 if fit is None else len(fit)
