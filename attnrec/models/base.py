@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import numpy as np
 import torch
 
-from attnrec.data.dataset import IdMap, SequenceData, load_sequences_npz, save_sequences_npz
+from attnrec.data.dataset import SequenceData, load_sequences_npz, save_sequences_npz
 from attnrec.jsonable import to_jsonable
 from attnrec.models.capabilities import (
     CAPABILITY_METHODS,
@@ -42,8 +42,7 @@ from attnrec.models.capabilities import (
 from attnrec.ranking import exclusion_mask, top_k
 
 __all__ = ["Recommender", "Capability", "CapabilityError", "Explanation", "AttentionMaps",
-           "register", "get_model_class", "available_models", "popularity_scores",
-           "exclusion_mask", "top_k"]
+           "register", "get_model_class", "available_models", "popularity_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +75,6 @@ def available_models() -> list[str]:
     import attnrec.models  # noqa: F401
 
     return sorted(_REGISTRY)
-
-
-def histories_to_csr(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    indptr = np.zeros(len(histories) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(histories) else np.zeros(0, np.int64)
-    return indptr, flat
 
 
 def popularity_scores(data: SequenceData) -> torch.Tensor:
@@ -375,7 +366,3 @@ class Recommender:
         metrics_file = path / "metrics.json"
         model.bundle_metrics_ = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         return model
-
-
-def item_id_map(model: Recommender) -> IdMap:
-    return model.item_map_

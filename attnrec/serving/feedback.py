@@ -26,8 +26,8 @@ class Kind(str, Enum):
 
 
 class EventTypes:
-    def __init__(self, weights: Mapping[str, float]):
-        self.weights = dict(weights)
+    def __init__(self, weights: Mapping[str, float] | None = None):
+        self.weights = dict(weights or {})
 
     @property
     def declared(self) -> bool:
@@ -38,6 +38,10 @@ class EventTypes:
         if w is None or w > 0:
             return Kind.POSITIVE
         return Kind.NEGATIVE if w < 0 else Kind.EXCLUDE
+
+    def is_positive(self, event_type: str | None) -> bool:
+        """Whether the event joins the sequence (and is trained on as a positive interaction)."""
+        return self.kind(event_type) is Kind.POSITIVE
 
     def weight(self, event_type: str | None) -> float:
         """Weight for retraining: the declared one, 1 for undeclared or missing types."""

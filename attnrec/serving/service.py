@@ -308,6 +308,10 @@ class RecService:
         """Whether the model's user ``dense_user`` was deleted (for listings)."""
         return dense_user in self._deleted_users.get(snap.version, ())
 
+    def deleted_model_users(self, snap: ModelSnapshot) -> int:
+        """How many of the model's users were deleted (listings do not count them)."""
+        return len(self._deleted_users.get(snap.version, ()))
+
     def cached_user(self, user: str) -> UserEntry | None:
         """Lock-free cache lookup for the hot path (None: load it with ``load_user``)."""
         entry = self._cache.get(user)

@@ -40,7 +40,7 @@ def _quick(name):
 @pytest.fixture(scope="module")
 def offline_text(tmp_path_factory):
     """Content models encode text with a bag-of-words stand-in (no model download)."""
-    from attnrec.content import TextEncoder
+    from attnrec.data.text import TextEncoder
     from attnrec.models.content import _ContentMixin
     from tests.models.test_cold_start import bow
 

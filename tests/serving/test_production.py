@@ -348,7 +348,8 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
 
     def absent(client):
         assert client.get(f"/users/{user}").status_code == 404
-        assert client.get(f"/users/{user}/attention").status_code == 404
+        att = client.get(f"/users/{user}/attention").json()  # exactly what a stranger gets
+        assert att["history"] == [] and att["history_total"] == 0 and not att["known_to_model"]
         r = client.get(f"/users/{user}/recommendations").json()
         assert r["source"] == "popularity-fallback"
         found = client.get("/explorer/users", params={"q": user, "limit": 500}).json()
@@ -533,3 +534,49 @@ def test_an_event_on_one_worker_reaches_every_worker(db_url, tmp_path, ease_bund
         wait(lambda: hb.get(f"/users/{user}").status_code == 404)
         ha.close()
         hb.close()
+
+
+def test_attnrec_serve_with_two_workers(ease_bundle, own_bundle, tmp_path, shop_data):
+    """The CLI starts N worker processes on one port; every one reflects an event within the delay."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from .conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "ATTNREC_API_KEY": API_KEY, "ATTNREC_SYNC_INTERVAL_S": "0.2",
+           "ATTNREC_WATCH_MODEL": "false", "ATTNREC_SECRET": "cli-secret-0123"}
+    proc = subprocess.Popen([sys.executable, "-m", "attnrec", "serve", "--model", str(own_bundle(ease_bundle)),
+                             "--db", f"sqlite:///{tmp_path / 'w.db'}", "--port", str(port), "--workers", "2",
+                             "--data-dir", str(tmp_path / "d")], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the workers did not start"
+            try:
+                if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "python" in p.name()]
+        assert len(workers) >= 2
+        user = shop_data.user_map.to_raw(1)
+        for _ in range(20):  # both workers cache the user (new connections spread over them)
+            assert httpx.get(f"{url}/users/{user}").json()["stored_events"] == 0
+        r = httpx.post(url + "/events", headers=AUTH, json={"user": user, "item": "i1"})
+        assert r.status_code == 201
+        t0, streak = time.monotonic(), 0
+        while streak < 10:
+            r = httpx.get(f"{url}/users/{user}")
+            streak = streak + 1 if r.status_code == 200 and r.json()["stored_events"] == 1 else 0
+            assert time.monotonic() - t0 < 5.0, "not every worker reflected the event in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

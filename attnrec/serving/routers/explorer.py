@@ -193,7 +193,7 @@ async def search_users(request: Request, service: ServiceDep,
         hits = sorted(hits, key=lambda i: (idx["user_lower"][i] != needle, len(idx["users"][i]), i))
     shown = [{"user": idx["users"][i], "history_length": int(idx["lengths"][i])}
              for i in hits[offset:offset + limit]]
-    total = len(idx["users"]) - len(service._deleted_users.get(snap.version, ()))
+    total = len(idx["users"]) - service.deleted_model_users(snap)
     return FastJSON({"users": shown, "total": total, "matches": len(hits)})
 
 
@@ -287,8 +287,6 @@ async def user_attention(request: Request, user: UserPath, service: ServiceDep) 
     entry = service.cached_user(user)
     if entry is None:
         entry = await run_in_threadpool(service.load_user, user)
-    if not service.is_known(snap, user, entry) and not entry.events:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown user {user!r}")
     seq, _ = entry.sequence(snap, user)
     fit = None if entry.tombstoned else snap.fit_history(user)
     n_fit = 0 if fit is None else len(fit)
