@@ -5,7 +5,7 @@
       e_i = m_i * g(n_i) * id_i + content(i)
 
   ``content(i)`` is a small tower over the item's text embedding (sentence
-  encoder, :mod:`attnrec.content`), categorical tokens (embedding bags),
+  encoder, :mod:`attnrec.data.text`), categorical tokens (embedding bags),
   standardised numbers and precomputed vectors; ``n_i`` its training count,
   ``g`` a learned sigmoid gate of ``log(1 + n_i)`` and ``m_i = [n_i >= min_count]``.
   During training the id part of a random ``item_dropout`` fraction of items is
@@ -138,7 +138,7 @@ class _ContentMixin:
         return self
 
     def _encoder(self):
-        from attnrec.content import TextEncoder
+        from attnrec.data.text import TextEncoder
 
         return TextEncoder(self.text_model, cache_dir=self.text_cache, progress=False)
 
