@@ -33,7 +33,7 @@ from attnrec.training import TrainConfig, TrainResult, ValidationMetric, train
 class TrainedModel(Recommender):
     """A model whose parameters are learnt by :func:`attnrec.training.train`."""
 
-    #: this model's training options and their defaults (a subclass overrides defaults in a subclass)
+    #: this model's training options and their defaults (a model changes defaults in a dataclass subclass)
     TrainConfig: ClassVar[type[TrainConfig]] = TrainConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
