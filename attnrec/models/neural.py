@@ -36,7 +36,7 @@ class TrainedModel(Recommender):
     """A model whose parameters are learnt by :func:`attnrec.training.train`."""
 
     capabilities = frozenset({Capability.REFIT})
-    #: this model's training options and their defaults (a subclass overrides defaults in a subclass)
+    #: this model's training options and their defaults (a model changes defaults in a dataclass subclass)
     TrainConfig: ClassVar[type[TrainConfig]] = TrainConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
