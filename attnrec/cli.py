@@ -149,9 +149,9 @@ def data_command(fn):
 
 SPLIT = typer.Option("loo", "--split", help="loo (leave-one-out) or temporal (global time cut-off).")
 PROTOCOL = typer.Option(
-    "refit", "--protocol",
+    None, "--protocol",
     help="paper: select on validation, test that same model (no refit; what published figures use). "
-         "refit: select on validation, refit on train+validation, then test (default: uses all data).",
+         "refit (default): select on validation, refit on train+validation, then test (uses all data).",
 )
 
 
@@ -206,7 +206,7 @@ def train(
         "last", help="last: hold out each user's last item (evaluable with `evaluate --bundle`); none: train on everything."
     ),
     split: str = SPLIT,
-    protocol: str = PROTOCOL,
+    protocol: Optional[str] = PROTOCOL,
     items: Optional[Path] = typer.Option(None, "--items", help="Item catalogue (CSV/TSV, Parquet or RecBole .item) to ship in the bundle."),
     chunked: bool = typer.Option(False, "--chunked", help="Build sequences in bounded memory (Parquet/CSV logs larger than RAM; no filters)."),
     dist_backend: str = typer.Option("auto", "--dist-backend", help="Under torchrun: gloo, nccl or auto (nccl when CUDA is available)."),
@@ -216,7 +216,9 @@ def train(
 
     if holdout not in ("last", "none"):
         _fail(f"--holdout must be 'last' or 'none', got {holdout!r}")
-    _guard(pipeline.check_protocol, protocol)
+    if holdout == "none" and protocol is not None:
+        _fail("--protocol needs a held-out test stage; --holdout none trains on everything")
+    protocol = _guard(pipeline.check_protocol, protocol or pipeline.DEFAULT_PROTOCOL)
     params = _guard(pipeline.parse_params, param, [model])
     m = _guard(pipeline.build_model, model, params.get(model), progress=True)
     catalogue = _guard(pipeline.check_inputs, params, items)
@@ -275,7 +277,7 @@ def evaluate(
     param: List[str] = typer.Option([], "--param", "-p", help="key=value for every model that has it, or model.key=value."),
     bundle: List[Path] = typer.Option([], "--bundle", "-b", help="Also evaluate already-trained bundles (trained with --holdout last)."),
     split: str = SPLIT,
-    protocol: str = PROTOCOL,
+    protocol: Optional[str] = PROTOCOL,
     ks: str = typer.Option("5,10,20", "--ks", help="Cut-offs K."),
     include_history: bool = typer.Option(False, "--include-history", help="Do not exclude history items from the ranking (repeat-consumption domains)."),
     sampled: Optional[int] = typer.Option(None, "--sampled-negatives", help="SAMPLED metrics against N random negatives instead of full ranking (labelled as such)."),
@@ -289,7 +291,7 @@ def evaluate(
     from attnrec.models.base import Recommender
 
     # everything the user named is read and checked before any model trains
-    _guard(pipeline.check_protocol, protocol)
+    protocol = _guard(pipeline.check_protocol, protocol or pipeline.DEFAULT_PROTOCOL)
     cutoffs = _guard(lambda: [int(k) for k in ks.split(",") if k.strip()])
     names = [m.strip() for m in models.split(",") if m.strip()]
     params = _guard(pipeline.parse_params, param, names)
