@@ -214,9 +214,7 @@ def train(
     """Train one model on FILE and save it as a bundle (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from attnrec import distributed, pipeline
 
-    if holdout not in ("last", "none"):
-        _fail(f"--holdout must be 'last' or 'none', got {holdout!r}")
-    if holdout == "none" and protocol is not None:
+    if _guard(pipeline.check_holdout, holdout) == "none" and protocol is not None:
         _fail("--protocol needs a held-out test stage; --holdout none trains on everything")
     protocol = _guard(pipeline.check_protocol, protocol or pipeline.DEFAULT_PROTOCOL)
     params = _guard(pipeline.parse_params, param, [model])
@@ -231,24 +229,10 @@ def train(
         sequences = _guard(load_sequences_chunked, data.path, data.spec().columns, data.fmt)
     else:
         sequences = data.load()
-    info = {"data": str(data.path), "holdout": holdout}
-    s = None
-    test = None
-    if holdout == "last":
-        s = _guard(pipeline.make_split, sequences, split)
-        _guard(pipeline.fit_for_test, m, s, protocol)
-        info.update(protocol=protocol, protocol_description=pipeline.describe_protocol(protocol), split=s.describe())
-        if getattr(m, "validation_", None):
-            info["validation"] = m.validation_
-    else:
-        _guard(m.fit, sequences)
-        info["protocol"] = "none"
-    if distributed.is_main():  # every rank holds the same weights; one writes
-        if s is not None:
-            from attnrec.evaluation import evaluate as _evaluate
-
-            test = _evaluate(m, s.test)
-        metrics = pipeline.bundle_metrics(m, protocol, s, test)
+    info, s = _guard(pipeline.fit_bundle, m, sequences, holdout, split, protocol)
+    info["data"] = str(data.path)
+    if distributed.is_main():  # every rank holds the same weights; one evaluates and writes
+        metrics = pipeline.bundle_metrics(m, protocol, s)
         info["world_size"] = distributed.world_size()
         pipeline.save_bundle(m, out, metrics=metrics, info=info, catalogue=catalogue)
         console.print(f"saved {model} bundle to {out} (fit {m.fit_seconds_:.1f}s)")

@@ -196,9 +196,39 @@ def fitted_on(model: Recommender, protocol: str) -> str:
     return "fitted on train, selected on validation, tested without refit"
 
 
+def check_holdout(holdout: str) -> str:
+    if holdout not in ("last", "none"):
+        raise ValueError(f"--holdout must be 'last' or 'none', got {holdout!r}")
+    return holdout
+
+
+def fit_bundle(model: Recommender, data: SequenceData, holdout: str = "last", split: str = "loo",
+               protocol: str = DEFAULT_PROTOCOL) -> tuple[dict, Split | None]:
+    """Fit ``model`` as ``attnrec train`` does: ``(bundle info, split)``.
+
+    ``holdout="last"`` splits ``data`` and fits for the test stage under
+    ``protocol``; ``holdout="none"`` fits on everything (no split, ``None``).
+    """
+    if check_holdout(holdout) == "none":
+        model.fit(data)
+        return {"holdout": "none", "protocol": "none"}, None
+    s = make_split(data, split)
+    fit_for_test(model, s, protocol)
+    info = {"holdout": "last", "protocol": protocol, "protocol_description": describe_protocol(protocol),
+            "split": s.describe()}
+    validation = getattr(model, "validation_", None)
+    if validation:
+        info["validation"] = validation
+    return info, s
+
+
 def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
                    test: EvalResult | None = None) -> dict:
-    """What ``metrics.json`` holds: the protocol, validation figures and test figures (when produced)."""
+    """What ``metrics.json`` holds: the protocol, validation figures and test figures.
+
+    The test stage is evaluated here (full ranking, default cut-offs) unless
+    ``test`` already holds its result; ``split=None`` (trained on everything) has none.
+    """
     if split is None:
         return {"protocol": "none", "protocol_description": "trained on every interaction (--holdout none)",
                 "validation": None, "test": None}
@@ -214,8 +244,8 @@ def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
         },
         "test": None,
     }
-    if test is not None:
-        out["test"] = {"metrics": test.metrics, "n_cases": test.n_cases, "ranking": test.protocol}
+    test = test if test is not None else evaluate(model, split.test)
+    out["test"] = {"metrics": test.metrics, "n_cases": test.n_cases, "ranking": test.protocol}
     return out
 
 
