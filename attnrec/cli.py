@@ -294,7 +294,9 @@ def evaluate(
     for b, m in trained:
         res = _evaluate(m, s.test, ks=cutoffs, exclude_history=not include_history, sampled_negatives=sampled)
         trained_protocol = m.bundle_info_.get("protocol", "unknown")
-        runs.append(pipeline.ModelRun(f"{b.name} ({m.model_name}, {trained_protocol})", m, res, 0.0, 0.0, trained_protocol))
+        how = m.bundle_metrics_.get("fitted_on", "as trained for the bundle")
+        runs.append(pipeline.ModelRun(f"{b.name} ({m.model_name}, {trained_protocol})", m, res, 0.0, 0.0,
+                                      trained_protocol, how))
     printed = pipeline.protocol_line(protocol, runs, s)
     console.print(f"[bold]protocol:[/] {printed}; {runs[0].result.n_cases if runs else 0} test cases")
     _print_table(runs)
@@ -332,11 +334,9 @@ def _print_table(runs, all_metrics: bool = False) -> None:
         cells = [f"{r.result.metrics[k]:.4f}" if abs(r.result.metrics[k]) < 10 else f"{r.result.metrics[k]:.1f}" for k in keys]
         table.add_row(r.name, *cells, f"{r.fit_seconds:.1f}")
     console.print(table)
-    from attnrec.pipeline import fitted_on
-
     groups: dict[str, list[str]] = {}
     for r in runs:
-        groups.setdefault(f"{r.protocol} protocol: {fitted_on(r.model, r.protocol)}", []).append(r.name)
+        groups.setdefault(f"{r.protocol} protocol: {r.fitted_on}", []).append(r.name)
     for how, names in groups.items():
         console.print(f"[dim]{', '.join(names)}: {how}[/]")
 

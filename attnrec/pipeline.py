@@ -145,7 +145,8 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
     refitted from scratch on ``split.train_full`` (train + validation
     interactions) with the chosen settings; under ``paper`` the selected model is
     the one tested, and it recommends from the test-stage histories. The
-    selection run is kept in ``model.validation_`` (see :func:`selection_record`).
+    selection run is kept in ``model.validation_`` (see :func:`selection_record`;
+    ``None`` for a model without one).
     Models without a selection stage are fitted on ``split.train_full`` under
     both protocols. Test targets are never seen either way.
     """
@@ -160,7 +161,9 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
             use_histories(model, split.train_full)
         model.validation_ = validation
         return model
-    return model.fit(split.train_full)
+    model.fit(split.train_full)
+    model.validation_ = None  # no selection stage
+    return model
 
 
 def selection_record(model: Recommender, split: Split, ks: Sequence[int] = DEFAULT_KS) -> dict:
@@ -188,8 +191,8 @@ def use_histories(model: Recommender, data: SequenceData) -> None:
 
 
 def fitted_on(model: Recommender, protocol: str) -> str:
-    """What the model that produced the test figures was trained on, in words."""
-    if getattr(model, "validation_", None) is None:
+    """What a model :func:`fit_for_test` fitted under ``protocol`` was trained on, in words."""
+    if model.validation_ is None:
         return NO_SELECTION
     if protocol == "refit":
         return "selected on validation, refitted on train+validation"
@@ -216,9 +219,8 @@ def fit_bundle(model: Recommender, data: SequenceData, holdout: str = "last", sp
     fit_for_test(model, s, protocol)
     info = {"holdout": "last", "protocol": protocol, "protocol_description": describe_protocol(protocol),
             "split": s.describe()}
-    validation = getattr(model, "validation_", None)
-    if validation:
-        info["validation"] = validation
+    if model.validation_ is not None:
+        info["validation"] = model.validation_
     return info, s
 
 
@@ -232,7 +234,7 @@ def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
     if split is None:
         return {"protocol": "none", "protocol_description": "trained on every interaction (--holdout none)",
                 "validation": None, "test": None}
-    validation = getattr(model, "validation_", None)
+    validation = model.validation_
     out = {
         "protocol": protocol,
         "protocol_description": describe_protocol(protocol),
@@ -257,6 +259,7 @@ class ModelRun:
     fit_seconds: float
     eval_seconds: float
     protocol: str = DEFAULT_PROTOCOL
+    fitted_on: str = NO_SELECTION
 
 
 def evaluate_models(
@@ -283,7 +286,7 @@ def evaluate_models(
             progress=progress, per_case=per_case,
         )
         t2 = time.perf_counter()
-        run = ModelRun(name, model, result, t1 - t0, t2 - t1, protocol)
+        run = ModelRun(name, model, result, t1 - t0, t2 - t1, protocol, fitted_on(model, protocol))
         runs.append(run)
         if on_done is not None:
             on_done(run)
@@ -403,7 +406,7 @@ def results_to_json(runs: Sequence[ModelRun], protocol: str, split: Split) -> di
         "models": {
             r.name: {
                 "protocol": r.protocol,
-                "fitted_on": fitted_on(r.model, r.protocol),
+                "fitted_on": r.fitted_on,
                 "ranking": r.result.protocol,
                 "metrics": r.result.metrics,
                 "n_cases": r.result.n_cases,
