@@ -32,7 +32,8 @@ import torch
 
 from attnrec.benchmarking import load_split
 from attnrec.evaluation import evaluate, validation_metric
-from attnrec.models.sasrec import SASRec, training_windows
+from attnrec.models.batching import training_windows
+from attnrec.models.sasrec import SASRec
 
 log = logging.getLogger("beauty_attention")
 
