@@ -144,6 +144,10 @@ class RecService:
         if self._deleted - carried:
             write_erasures(snap.path, self._secret, self._deleted)
         self._deleted_users = {snap.version: self._dense_deleted(snap, self._deleted)}
+        trained = (snap.config.get("info") or {}).get("event_types")
+        if trained is not None and trained != self.settings.event_types:
+            log.warning("the bundle was trained with event types %s, the service declares %s",
+                        trained, self.settings.event_types)
         self.current = snap
         self.metrics.set_model(snap.version, snap.model_name, time.time())
         self._watched = _stat(snap.path)
