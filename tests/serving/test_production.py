@@ -33,6 +33,8 @@ def rec_items(client, user, headers=None, **params) -> list[str]:
 def test_negative_event_removes_the_item_from_that_users_list(make_client, ease_bundle, sqlite_url,
                                                              shop_data):
     c = make_client(ease_bundle, sqlite_url, event_types=TYPES)
+    info = c.get("/admin/model").json()
+    assert info["event_types"] == TYPES and info["trained_event_types"] is None
     user = shop_data.user_map.to_raw(3)
     top = rec_items(c, user, k=5)
     disliked, shown = top[0], top[1]
