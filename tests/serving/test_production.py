@@ -342,6 +342,7 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
     c = make_client(bundle, first_db)
     assert user in [u["user"] for u in c.get("/explorer/users", params={"q": user}).json()["users"]]
     total = c.get("/explorer/users").json()["total"]
+    card_users = c.get("/explorer/model").json()["n_users"]
     c.post("/events", headers=AUTH, json={"user": user, "item": "i1"})
     assert c.delete(f"/users/{user}", headers=AUTH).status_code == 200
 
@@ -355,6 +356,7 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
         assert user not in [u["user"] for u in found["users"]]
         listing = client.get("/explorer/users", params={"limit": 500}).json()
         assert user not in [u["user"] for u in listing["users"]] and listing["total"] == total - 1
+        assert client.get("/explorer/model").json()["n_users"] == card_users - 1
 
     absent(c)
     # restart on a brand-new, empty database: the bundle's erasure list still hides them
