@@ -72,7 +72,6 @@ class Settings(BaseSettings):
     max_batch: int = Field(1000, ge=1, description="Most events in one ingest request")
     max_history: int = Field(500, ge=1, description="Most items in a session or exclude list")
     max_body_bytes: int = Field(2_000_000, ge=1024)
-    max_id_length: int = Field(256, ge=1)
     explain_top: int = Field(5, ge=1, description="History items listed per explained item")
     index: str = Field(
         "auto", pattern="^(auto|exact|hnsw|ivf)$",

@@ -5,7 +5,7 @@ import pytest
 
 from tests.serving.conftest import AUTH
 
-from attnrec.content import TextEncoder
+from attnrec.data.text import TextEncoder
 from attnrec.models.content import ContentSASRec
 from tests.models.test_cold_start import bow
 
