@@ -291,7 +291,7 @@ class RecService:
             if new_tombs:
                 self._deleted |= new_tombs
                 digest = self.store.digest
-                for user in [u for u in self._cache if digest(u) in new_tombs]:
+                for user in [u for u in list(self._cache) if digest(u) in new_tombs]:
                     self._invalidate(user)
                     self._has_events.discard(user)
             horizon = started - 4 * s.db_timeout_s - 4 * s.sync_interval_s
