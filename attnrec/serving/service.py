@@ -145,6 +145,10 @@ class RecService:
         if self._deleted - carried:
             write_erasures(snap.path, self._secret, self._deleted)
         self._deleted_users = {snap.version: self._dense_deleted(snap, self._deleted)}
+        trained = (snap.config.get("info") or {}).get("event_types")
+        if trained is not None and trained != self.settings.event_types:
+            log.warning("the bundle was trained with event types %s, the service declares %s",
+                        trained, self.settings.event_types)
         self.current = snap
         self.metrics.set_model(snap.version, snap.model_name, time.time())
         self._watched = _stat(snap.path)
@@ -288,7 +292,7 @@ class RecService:
             if new_tombs:
                 self._deleted |= new_tombs
                 digest = self.store.digest
-                for user in [u for u in self._cache if digest(u) in new_tombs]:
+                for user in [u for u in list(self._cache) if digest(u) in new_tombs]:
                     self._invalidate(user)
                     self._has_events.discard(user)
             horizon = started - 4 * s.db_timeout_s - 4 * s.sync_interval_s

@@ -33,6 +33,8 @@ def rec_items(client, user, headers=None, **params) -> list[str]:
 def test_negative_event_removes_the_item_from_that_users_list(make_client, ease_bundle, sqlite_url,
                                                              shop_data):
     c = make_client(ease_bundle, sqlite_url, event_types=TYPES)
+    info = c.get("/admin/model").json()
+    assert info["event_types"] == TYPES and info["trained_event_types"] is None
     user = shop_data.user_map.to_raw(3)
     top = rec_items(c, user, k=5)
     disliked, shown = top[0], top[1]
@@ -343,6 +345,7 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
     c = make_client(bundle, first_db)
     assert user in [u["user"] for u in c.get("/explorer/users", params={"q": user}).json()["users"]]
     total = c.get("/explorer/users").json()["total"]
+    card_users = c.get("/explorer/model").json()["n_users"]
     c.post("/events", headers=AUTH, json={"user": user, "item": "i1"})
     assert c.delete(f"/users/{user}", headers=AUTH).status_code == 200
 
@@ -356,6 +359,7 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
         assert user not in [u["user"] for u in found["users"]]
         listing = client.get("/explorer/users", params={"limit": 500}).json()
         assert user not in [u["user"] for u in listing["users"]] and listing["total"] == total - 1
+        assert client.get("/explorer/model").json()["n_users"] == card_users - 1
 
     absent(c)
     # restart on a brand-new, empty database: the bundle's erasure list still hides them

@@ -239,7 +239,7 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
         "version": snap.version, "model": snap.model_name, "saved_at": info.get("saved_at"),
         "dataset": _dataset_name(bundle.get("dataset") or bundle.get("data")),
         "protocol": bundle.get("protocol"),
-        "n_items": snap.n_items, "n_users": len(snap.user_map),
+        "n_items": snap.n_items, "n_users": len(snap.user_map) - service.deleted_model_users(snap),
         "n_interactions": int(model.train_data_.n_interactions),
         "has_catalogue": snap.catalogue is not None, "categories": sorted(snap.category_codes),
         "explain_method": snap.explain_method,
