@@ -33,7 +33,7 @@ VARIANTS = {
     "ce": dict(loss="ce"),
     "bce (1 negative)": dict(loss="bce"),
     "gbce t=0.75": dict(loss="gbce", gbce_t=0.75),
-    "gbce t=0 (BCE, same negatives)": dict(loss="gbce", gbce_t=0.0),
+    "gbce t=0 (plain BCE)": dict(loss="gbce", gbce_t=0.0),
     "sampled_softmax": dict(loss="sampled_softmax"),
 }
 
