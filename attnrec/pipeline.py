@@ -16,13 +16,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from attnrec import retrieval
 from attnrec.data.catalogue import Catalogue, read_catalogue, write_catalogue
 from attnrec.data.dataset import SequenceData, Split
 from attnrec.data.errors import DataError
 from attnrec.data.columns import ColumnMap
 from attnrec.data.preprocess import PreprocessConfig, PreprocessReport, load_dataset
 from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate, validation_metric
-from attnrec.models.base import Recommender, get_model_class
+from attnrec.models.base import Capability, Recommender, get_model_class
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ def describe_protocol(protocol: str) -> str:
 def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTOCOL) -> Recommender:
     """Fit so that ``split.test`` can be evaluated without leakage, under ``protocol``.
 
-    Models with validation-driven training (early stopping) expose
-    ``refit_params()``: they are first fitted on ``split.train`` with
+    Models that declare ``REFIT`` (validation-driven training, early stopping)
+    are first fitted on ``split.train`` with
     ``split.valid`` choosing the stopping epoch. Under ``refit`` they are then
     refitted from scratch on ``split.train_full`` (train + validation
     interactions) with the chosen settings; under ``paper`` the selected model is
@@ -167,7 +168,7 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
     both protocols. Test targets are never seen either way.
     """
     check_protocol(protocol)
-    if callable(getattr(model, "refit_params", None)) and len(split.valid):
+    if model.supports(Capability.REFIT) and len(split.valid):
         model.fit(split.train, valid=split.valid, metric=validation_metric())
         validation = selection_record(model, split)
         if protocol == "refit":
@@ -185,9 +186,7 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
 def selection_record(model: Recommender, split: Split, ks: Sequence[int] = DEFAULT_KS) -> dict:
     """The selection run of a model just fitted on ``split.train``: epochs, curve, validation metrics."""
     return {
-        "best_epoch": getattr(model, "best_epoch_", None),
-        "best_metric": getattr(model, "best_metric_", None),
-        "history": getattr(model, "history_", []),
+        **model.training_summary(),
         "metrics": evaluate(model, split.valid, ks=ks).metrics,
         "n_cases": len(split.valid),
     }
@@ -369,18 +368,10 @@ def recommend_for_users(
             raise KeyError(f"{len(unknown)} unknown user id(s), e.g. {unknown[:5]}")
         dense = np.array([umap.to_dense(u) for u in users], dtype=np.int64)
     histories = [model.user_history(int(u)) for u in dense]
-    item_index = None
-    if index is not None:
-        from attnrec import retrieval
-
-        kind = retrieval.choose_kind(model.n_items_, index)
-        if retrieval.supports_vectors(model) and not (index == "auto" and kind == "exact"):
-            item_index = retrieval.build_index(model, kind)
-    if item_index is not None:
-        from attnrec.retrieval import recommend as retrieve
-
-        ids, scores = retrieve(model, histories, k=k, exclude_history=exclude_history, users=dense,
-                               index=item_index, batch_size=batch_size)
+    kind = retrieval.index_kind(model, index)
+    if kind is not None:
+        ids, scores = retrieval.recommend(model, histories, k=k, exclude_history=exclude_history, users=dense,
+                                          index=retrieval.build_index(model, kind), batch_size=batch_size)
     else:
         ids, scores = model.recommend(histories, k=k, exclude_history=exclude_history, users=dense, batch_size=batch_size)
     out = []
