@@ -581,3 +581,28 @@ def test_attnrec_serve_with_two_workers(ease_bundle, own_bundle, tmp_path, shop_
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.postgres
+def test_locked_postgres_table_gives_503_fast_and_ready_false(make_client, ease_bundle, postgres_url):
+    import psycopg
+
+    c = make_client(ease_bundle, postgres_url)
+    c.post("/events", headers=AUTH, json={"user": "has-events", "item": "i1"})
+    other = psycopg.connect(postgres_url)
+    other.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # writes wait, reads do not
+    try:
+        t0 = time.monotonic()
+        r = c.post("/events", headers=AUTH, json={"user": "u", "item": "i1"})
+        assert r.status_code == 503 and time.monotonic() - t0 < 3.0
+        assert r.headers["retry-after"] == "1" and r.json()["retry_after_s"] == 1
+        assert c.get("/ready").json()["ready"] is False
+        c.app.state.service._cache.clear()
+        t0 = time.monotonic()
+        assert c.get("/users/has-events").json()["stored_events"] == 1
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        other.rollback()
+        other.close()
+    assert c.get("/ready").json()["ready"]
+    assert c.post("/events", headers=AUTH, json={"user": "u", "item": "i1"}).status_code == 201
