@@ -30,7 +30,7 @@ import numpy as np
 
 from attnrec.models.base import Capability
 from attnrec.serving.catalogue import CatalogueState
-from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot
+from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot, mask_cache_bytes
 from attnrec.serving.erasure import read_erasures, write_erasures
 from attnrec.serving.feedback import EventTypes, Kind
 from attnrec.serving.metrics import Metrics
@@ -395,6 +395,13 @@ class RecService:
                 break
             self._cache_bytes -= old.nbytes
         self._report_cache()
+
+    def report_filter_caches(self) -> None:
+        snap = self.current
+        total = mask_cache_bytes(self.catalogue.masks())
+        if snap is not None:
+            total += snap.filter_cache_bytes()
+        self.metrics.filter_cache_bytes.set(total)
 
     def _report_cache(self) -> None:
         self.metrics.cached_users.set(len(self._cache))

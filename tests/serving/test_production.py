@@ -609,3 +609,22 @@ def test_locked_postgres_table_gives_503_fast_and_ready_false(make_client, ease_
         other.close()
     assert c.get("/ready").json()["ready"]
     assert c.post("/events", headers=AUTH, json={"user": "u", "item": "i1"}).status_code == 201
+
+
+def test_filter_mask_caches_are_bounded_in_bytes(client, monkeypatch, shop_data):
+    import itertools
+
+    from attnrec.serving import engine
+
+    n = shop_data.n_items + 1
+    monkeypatch.setattr(engine, "MASK_CACHE_BYTES", 5 * n)  # room for five masks
+    cats = client.get("/explorer/model").json()["categories"]
+    pairs = list(itertools.combinations(cats, 2))
+    assert len(pairs) > 5
+    for a, b in pairs:
+        r = client.get("/users/u1/recommendations", params={"categories": [a, b]})
+        assert r.status_code == 200 and {it["category"] for it in r.json()["items"]} <= {a, b}
+    text = client.get("/metrics").text
+    value = float(next(line.split()[1] for line in text.splitlines()
+                       if line.startswith("attnrec_filter_cache_bytes ")))
+    assert 0 < value <= 5 * n
