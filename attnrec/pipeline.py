@@ -168,7 +168,9 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
     both protocols. Test targets are never seen either way.
     """
     check_protocol(protocol)
-    if model.supports(Capability.REFIT) and len(split.valid):
+    # a differentially private model trains once, for its planned epochs: selecting on
+    # validation would spend privacy budget the accountant does not count
+    if model.supports(Capability.REFIT) and len(split.valid) and model.selects_on_validation():
         model.fit(split.train, valid=split.valid, metric=validation_metric())
         validation = selection_record(model, split)
         if protocol == "refit":

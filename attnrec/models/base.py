@@ -134,6 +134,14 @@ class Recommender:
         """Whether this model declares ``capability``."""
         return capability in cls.capabilities
 
+    def selects_on_validation(self) -> bool:
+        """Whether ``fit(train, valid, metric)`` chooses its stopping point on validation.
+
+        True for models that declare ``REFIT``, unless their settings rule it out
+        (a differentially private model trains for a fixed number of epochs).
+        """
+        return self.supports(Capability.REFIT)
+
     def _refuse(self, capability: Capability, hint: str = "") -> CapabilityError:
         return CapabilityError(self.model_name, capability, hint)
 
