@@ -210,7 +210,7 @@ def test_bad_privacy_settings_are_named(params, message, shop_data):
 def test_infinite_epsilon_means_ordinary_training(shop_data):
     for eps in (float("inf"), "inf", None):  # "inf" as given on the command line
         m = SASRec(**TINY, epochs=1, privacy_epsilon=eps).fit(shop_data)
-        assert not m.private and m.privacy_ is None and m.uses_validation
+        assert not m.private and m.privacy_ is None and m.selects_on_validation()
 
 
 def test_private_fit_ignores_validation_and_pipeline_trains_once(shop_data):
@@ -218,7 +218,7 @@ def test_private_fit_ignores_validation_and_pipeline_trains_once(shop_data):
 
     split = make_split(shop_data)
     m = fit_for_test(SASRec(**TINY, epochs=1, privacy_epsilon=4.0), split)
-    assert not hasattr(m, "validation_")  # no selection run on validation
+    assert m.validation_ is None  # no selection run on validation
     assert m.epochs_run_ == 1 and "NDCG@10" not in m.history_[0]
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
@@ -27,14 +26,18 @@ import torch
 
 from attnrec import privacy as dp
 from attnrec.data.dataset import EvalSet
+from attnrec.jsonable import to_jsonable
+from attnrec.models import attribution
 from attnrec.models.base import Recommender
+from attnrec.models.capabilities import AttentionMaps, Capability, Explanation
 from attnrec.training import TrainConfig, TrainResult, ValidationMetric, train
 
 
 class TrainedModel(Recommender):
     """A model whose parameters are learnt by :func:`attnrec.training.train`."""
 
-    #: this model's training options and their defaults (a subclass overrides defaults in a subclass)
+    capabilities = frozenset({Capability.REFIT})
+    #: this model's training options and their defaults (a model changes defaults in a dataclass subclass)
     TrainConfig: ClassVar[type[TrainConfig]] = TrainConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -80,15 +83,20 @@ class TrainedModel(Recommender):
         return {"epochs": best, "patience": None, "max_seconds": None,
                 "lr_decay_patience": None, "lr_decay_epochs": decays}
 
+    def training_summary(self) -> dict[str, Any]:
+        """The last fit's chosen epoch, its validation metric (None without validation) and curve."""
+        self._check_fitted()
+        return {"best_epoch": self.best_epoch_, "best_metric": self.best_metric_,
+                "history": list(self.history_ or [])}
+
     # ---- differential privacy (attnrec.privacy) --------------------------
     @property
     def private(self) -> bool:
         """Trained with user-level DP-SGD (``privacy_epsilon`` set and finite)."""
         return dp.is_private(self.privacy_epsilon)
 
-    @property
-    def uses_validation(self) -> bool:
-        """Whether ``fit(data, valid)`` selects on validation (never under DP: fixed epochs)."""
+    def selects_on_validation(self) -> bool:
+        """Never under DP: a private model trains for its planned epochs (see attnrec.privacy)."""
         return not self.private
 
     def _validates(self, valid: EvalSet | None, metric: ValidationMetric | None) -> bool:
@@ -131,7 +139,7 @@ class TrainedModel(Recommender):
         return {
             "history": getattr(self, "history_", []),
             "best_epoch": getattr(self, "best_epoch_", None),
-            "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
+            "best_metric": to_jsonable(getattr(self, "best_metric_", None)),
             "epochs_run": getattr(self, "epochs_run_", None),
             "lr_decays": getattr(self, "lr_decays_", []),
             "privacy": getattr(self, "privacy_", None),
@@ -150,6 +158,13 @@ class NeuralSequenceModel(TrainedModel):
     """Base class of the attention models that score by ``encode(histories) @ net_.output_weight().T``."""
 
     sequential = True
+    capabilities = TrainedModel.capabilities | {Capability.EXPLAIN, Capability.VECTORS,
+                                                Capability.ATTENTION, Capability.SIMILAR_ITEMS}
+    explain_method = "attention"
+    #: ATTENTION: whether a position attends only to itself and earlier positions
+    attention_causal: ClassVar[bool] = True
+    #: ATTENTION: positions the network appends after the history (BERT4Rec's [MASK])
+    attention_extra: ClassVar[int] = 0
     net_: torch.nn.Module
 
     def _build(self, n_items: int) -> torch.nn.Module:  # pragma: no cover - abstract
@@ -183,14 +198,50 @@ class NeuralSequenceModel(TrainedModel):
 
     # ---- inference -------------------------------------------------------
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         q = self.encode(histories)  # (B, d')
-        s = (q @ self.net_.output_weight().T).float()  # (B, V + 1)
-        empty = torch.tensor([len(x) == 0 for x in histories])
-        if empty.any():  # no history: fall back to popularity
-            s[empty] = torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, dtype=np.float32)))
+        return (q @ self.net_.output_weight().T).float()  # (B, V + 1)
+
+    # ---- capabilities ----------------------------------------------------
+    @torch.no_grad()
+    def item_vectors(self) -> np.ndarray:
+        self._check_fitted()
+        return np.ascontiguousarray(self.net_.output_weight().detach().float().cpu().numpy())
+
+    @torch.no_grad()
+    def query_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        self._check_fitted()
+        q = self.encode([np.asarray(h, dtype=np.int64) for h in histories])
+        return np.ascontiguousarray(q.float().cpu().numpy())
+
+    def attention_maps(self, histories: Sequence[np.ndarray]) -> AttentionMaps:
+        weights, lens = self.attention_weights([np.asarray(h, dtype=np.int64) for h in histories])
+        return AttentionMaps(weights, lens, self.attention_causal, self.attention_extra)
+
+    @torch.no_grad()
+    def explain_items(self, histories: Sequence[np.ndarray], items: Sequence[Sequence[int]],
+                      users: np.ndarray | None = None) -> list[list[Explanation]]:
+        """Per recommended item: rollout share times that item's score gain from each history item.
+
+        See :func:`attnrec.models.attribution.rollout_gains`.
+        """
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        maps = self.attention_maps(histories)
+        return attribution.rollout_gains(self.explain_method, maps, histories, items,
+                                         lambda b, visible, rec: self._prefix_scores(visible, rec))
+
+    @torch.no_grad()
+    def _prefix_scores(self, visible: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``(n, k)`` scores of ``items`` after each prefix of ``visible`` (one batched forward)."""
+        q = self.encode([visible[: i + 1] for i in range(len(visible))])  # (n, d')
+        return (q @ self.net_.output_weight()[torch.from_numpy(items)].T).double().numpy()
+
+    @torch.no_grad()
+    def similar_scores(self, items: Sequence[int]) -> torch.Tensor:
+        """Cosine similarity of the items' output vectors (the vectors every score is a dot product with)."""
+        self._check_fitted()
+        W = torch.nn.functional.normalize(self.net_.output_weight().float(), dim=1)
+        s = W[torch.as_tensor(np.asarray(items, dtype=np.int64))] @ W.T  # (B, V + 1)
         s[:, 0] = float("-inf")
         return s
 
@@ -211,7 +262,3 @@ def _option_defaults(config: type[TrainConfig]) -> list[tuple[dataclasses.Field,
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
         out.append((f, default))
     return out
-
-
-def _finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)

@@ -253,6 +253,14 @@ class SASRec(NeuralSequenceModel):
         return h[torch.arange(len(lens)), (lens - 1).clamp(min=0)]  # (B, d)
 
     @torch.no_grad()
+    def _prefix_scores(self, visible: np.ndarray, items: np.ndarray) -> np.ndarray:
+        # causal: the state at position i is the state of the prefix ending there (one forward)
+        self.net_.eval()
+        seq, lens = pad_right([visible], self.max_len)
+        h = self.net_(seq)[0, : int(lens[0])]  # (n, d)
+        return (h @ self.net_.output_weight()[torch.from_numpy(items)].T).double().numpy()
+
+    @torch.no_grad()
     def attention_weights(self, histories: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-layer attention weights over each history's last ``max_len`` items.
 
