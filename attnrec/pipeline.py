@@ -105,6 +105,22 @@ def check_inputs(params: dict[str, dict[str, Any]], items: Path | None = None) -
     return read_catalogue(items) if items is not None else None
 
 
+def check_outputs(directories: Sequence[Path] = (), files: Sequence[Path] = ()) -> None:
+    """Make sure results can be written before anything trains (creates the directories)."""
+    for d in directories:
+        if d.exists() and not d.is_dir():
+            raise ValueError(f"{d} exists and is not a directory")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the output directory {d}: {e.strerror}") from None
+    for f in files:
+        if f.is_dir():
+            raise ValueError(f"{f} is a directory, not a file to write")
+        if not f.parent.is_dir():
+            raise ValueError(f"cannot write {f}: the directory {f.parent} does not exist")
+
+
 def make_split(data: SequenceData, protocol: str = "loo", **kw: Any) -> Split:
     """``loo`` (leave-one-out) or ``temporal`` (global time cut-off)."""
     from attnrec.data.splits import leave_one_out, temporal_split
@@ -146,12 +162,15 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
     refitted from scratch on ``split.train_full`` (train + validation
     interactions) with the chosen settings; under ``paper`` the selected model is
     the one tested, and it recommends from the test-stage histories. The
-    selection run is kept in ``model.validation_`` (see :func:`selection_record`).
+    selection run is kept in ``model.validation_`` (see :func:`selection_record`;
+    ``None`` for a model without one).
     Models without a selection stage are fitted on ``split.train_full`` under
     both protocols. Test targets are never seen either way.
     """
     check_protocol(protocol)
-    if model.supports(Capability.REFIT) and len(split.valid):
+    # a differentially private model trains once, for its planned epochs: selecting on
+    # validation would spend privacy budget the accountant does not count
+    if model.supports(Capability.REFIT) and len(split.valid) and model.selects_on_validation():
         model.fit(split.train, valid=split.valid, metric=validation_metric())
         validation = selection_record(model, split)
         if protocol == "refit":
@@ -161,7 +180,9 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
             use_histories(model, split.train_full)
         model.validation_ = validation
         return model
-    return model.fit(split.train_full)
+    model.fit(split.train_full)
+    model.validation_ = None  # no selection stage
+    return model
 
 
 def selection_record(model: Recommender, split: Split, ks: Sequence[int] = DEFAULT_KS) -> dict:
@@ -187,7 +208,7 @@ def use_histories(model: Recommender, data: SequenceData) -> None:
 
 
 def fitted_on(model: Recommender, protocol: str) -> str:
-    """What the model that produced the test figures was trained on, in words."""
+    """What a model :func:`fit_for_test` fitted under ``protocol`` was trained on, in words."""
     if model.validation_ is None:
         return NO_SELECTION
     if protocol == "refit":
@@ -195,9 +216,38 @@ def fitted_on(model: Recommender, protocol: str) -> str:
     return "fitted on train, selected on validation, tested without refit"
 
 
+def check_holdout(holdout: str) -> str:
+    if holdout not in ("last", "none"):
+        raise ValueError(f"--holdout must be 'last' or 'none', got {holdout!r}")
+    return holdout
+
+
+def fit_bundle(model: Recommender, data: SequenceData, holdout: str = "last", split: str = "loo",
+               protocol: str = DEFAULT_PROTOCOL) -> tuple[dict, Split | None]:
+    """Fit ``model`` as ``attnrec train`` does: ``(bundle info, split)``.
+
+    ``holdout="last"`` splits ``data`` and fits for the test stage under
+    ``protocol``; ``holdout="none"`` fits on everything (no split, ``None``).
+    """
+    if check_holdout(holdout) == "none":
+        model.fit(data)
+        return {"holdout": "none", "protocol": "none"}, None
+    s = make_split(data, split)
+    fit_for_test(model, s, protocol)
+    info = {"holdout": "last", "protocol": protocol, "protocol_description": describe_protocol(protocol),
+            "split": s.describe()}
+    if model.validation_ is not None:
+        info["validation"] = model.validation_
+    return info, s
+
+
 def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
                    test: EvalResult | None = None) -> dict:
-    """What ``metrics.json`` holds: the protocol, validation figures and test figures (when produced)."""
+    """What ``metrics.json`` holds: the protocol, validation figures and test figures.
+
+    The test stage is evaluated here (full ranking, default cut-offs) unless
+    ``test`` already holds its result; ``split=None`` (trained on everything) has none.
+    """
     if split is None:
         return {"protocol": "none", "protocol_description": "trained on every interaction (--holdout none)",
                 "validation": None, "test": None}
@@ -213,8 +263,8 @@ def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
         },
         "test": None,
     }
-    if test is not None:
-        out["test"] = {"metrics": test.metrics, "n_cases": test.n_cases, "ranking": test.protocol}
+    test = test if test is not None else evaluate(model, split.test)
+    out["test"] = {"metrics": test.metrics, "n_cases": test.n_cases, "ranking": test.protocol}
     return out
 
 
@@ -226,6 +276,7 @@ class ModelRun:
     fit_seconds: float
     eval_seconds: float
     protocol: str = DEFAULT_PROTOCOL
+    fitted_on: str = NO_SELECTION
 
 
 def evaluate_models(
@@ -252,7 +303,7 @@ def evaluate_models(
             progress=progress, per_case=per_case,
         )
         t2 = time.perf_counter()
-        run = ModelRun(name, model, result, t1 - t0, t2 - t1, protocol)
+        run = ModelRun(name, model, result, t1 - t0, t2 - t1, protocol, fitted_on(model, protocol))
         runs.append(run)
         if on_done is not None:
             on_done(run)
@@ -364,7 +415,7 @@ def results_to_json(runs: Sequence[ModelRun], protocol: str, split: Split) -> di
         "models": {
             r.name: {
                 "protocol": r.protocol,
-                "fitted_on": fitted_on(r.model, r.protocol),
+                "fitted_on": r.fitted_on,
                 "ranking": r.result.protocol,
                 "metrics": r.result.metrics,
                 "n_cases": r.result.n_cases,

@@ -202,6 +202,9 @@ def test_holdout_none_bundle_says_so(shop, tmp_path):
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert metrics["protocol"] == "none" and metrics["test"] is None and metrics["validation"] is None
     assert "protocol: none" in r.output
+    r = invoke("train", shop / "interactions.csv", "-m", "pop", "--holdout", "none", "--protocol", "paper",
+               "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "--protocol needs a held-out test stage" in r.output
 
 
 def test_non_neural_bundle_metrics_hold_test_figures(shop, tmp_path):
@@ -246,6 +249,11 @@ def test_bad_input_files_fail_before_training(shop, tmp_path, no_training, comma
     ]
     if command == "evaluate":
         cases.append(((data, *extra, "--bundle", tmp_path / "no_bundle"), "no_bundle is not an attnrec bundle"))
+        cases.append(((data, *extra, "--json", tmp_path / "nowhere" / "m.json"),
+                      f"the directory {tmp_path / 'nowhere'} does not exist"))
+        cases.append(((data, *extra, "--report", no_id), "no_id.csv exists and is not a directory"))
+    else:
+        cases.append(((data, "-o", no_id, "-m", "ease"), "no_id.csv exists and is not a directory"))
     for args, message in cases:
         r = invoke(command, *args)
         assert r.exit_code == 2, r.output

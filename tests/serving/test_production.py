@@ -33,6 +33,8 @@ def rec_items(client, user, headers=None, **params) -> list[str]:
 def test_negative_event_removes_the_item_from_that_users_list(make_client, ease_bundle, sqlite_url,
                                                              shop_data):
     c = make_client(ease_bundle, sqlite_url, event_types=TYPES)
+    info = c.get("/admin/model").json()
+    assert info["event_types"] == TYPES and info["trained_event_types"] is None
     user = shop_data.user_map.to_raw(3)
     top = rec_items(c, user, k=5)
     disliked, shown = top[0], top[1]
@@ -343,6 +345,7 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
     c = make_client(bundle, first_db)
     assert user in [u["user"] for u in c.get("/explorer/users", params={"q": user}).json()["users"]]
     total = c.get("/explorer/users").json()["total"]
+    card_users = c.get("/explorer/model").json()["n_users"]
     c.post("/events", headers=AUTH, json={"user": user, "item": "i1"})
     assert c.delete(f"/users/{user}", headers=AUTH).status_code == 200
 
@@ -356,6 +359,7 @@ def test_deleted_user_is_absent_everywhere_even_with_a_fresh_database(make_clien
         assert user not in [u["user"] for u in found["users"]]
         listing = client.get("/explorer/users", params={"limit": 500}).json()
         assert user not in [u["user"] for u in listing["users"]] and listing["total"] == total - 1
+        assert client.get("/explorer/model").json()["n_users"] == card_users - 1
 
     absent(c)
     # restart on a brand-new, empty database: the bundle's erasure list still hides them
@@ -580,3 +584,47 @@ def test_attnrec_serve_with_two_workers(ease_bundle, own_bundle, tmp_path, shop_
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.postgres
+def test_locked_postgres_table_gives_503_fast_and_ready_false(make_client, ease_bundle, postgres_url):
+    import psycopg
+
+    c = make_client(ease_bundle, postgres_url)
+    c.post("/events", headers=AUTH, json={"user": "has-events", "item": "i1"})
+    other = psycopg.connect(postgres_url)
+    other.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # writes wait, reads do not
+    try:
+        t0 = time.monotonic()
+        r = c.post("/events", headers=AUTH, json={"user": "u", "item": "i1"})
+        assert r.status_code == 503 and time.monotonic() - t0 < 3.0
+        assert r.headers["retry-after"] == "1" and r.json()["retry_after_s"] == 1
+        assert c.get("/ready").json()["ready"] is False
+        c.app.state.service._cache.clear()
+        t0 = time.monotonic()
+        assert c.get("/users/has-events").json()["stored_events"] == 1
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        other.rollback()
+        other.close()
+    assert c.get("/ready").json()["ready"]
+    assert c.post("/events", headers=AUTH, json={"user": "u", "item": "i1"}).status_code == 201
+
+
+def test_filter_mask_caches_are_bounded_in_bytes(client, monkeypatch, shop_data):
+    import itertools
+
+    from attnrec.serving import engine
+
+    n = shop_data.n_items + 1
+    monkeypatch.setattr(engine, "MASK_CACHE_BYTES", 5 * n)  # room for five masks
+    cats = client.get("/explorer/model").json()["categories"]
+    pairs = list(itertools.combinations(cats, 2))
+    assert len(pairs) > 5
+    for a, b in pairs:
+        r = client.get("/users/u1/recommendations", params={"categories": [a, b]})
+        assert r.status_code == 200 and {it["category"] for it in r.json()["items"]} <= {a, b}
+    text = client.get("/metrics").text
+    value = float(next(line.split()[1] for line in text.splitlines()
+                       if line.startswith("attnrec_filter_cache_bytes ")))
+    assert 0 < value <= 5 * n
