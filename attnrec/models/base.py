@@ -61,9 +61,9 @@ def register(name: str):
     return deco
 
 
+# The registry is full whenever this module can be used: importing it runs the package's
+# ``attnrec/models/__init__.py`` first, which imports every model module.
 def get_model_class(name: str) -> type["Recommender"]:
-    import attnrec.models  # noqa: F401  (populates the registry)
-
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -72,8 +72,6 @@ def get_model_class(name: str) -> type["Recommender"]:
 
 
 def available_models() -> list[str]:
-    import attnrec.models  # noqa: F401
-
     return sorted(_REGISTRY)
 
 
@@ -135,6 +133,14 @@ class Recommender:
     def supports(cls, capability: Capability) -> bool:
         """Whether this model declares ``capability``."""
         return capability in cls.capabilities
+
+    def selects_on_validation(self) -> bool:
+        """Whether ``fit(train, valid, metric)`` chooses its stopping point on validation.
+
+        True for models that declare ``REFIT``, unless their settings rule it out
+        (a differentially private model trains for a fixed number of epochs).
+        """
+        return self.supports(Capability.REFIT)
 
     def _refuse(self, capability: Capability, hint: str = "") -> CapabilityError:
         return CapabilityError(self.model_name, capability, hint)
