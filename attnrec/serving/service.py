@@ -146,7 +146,7 @@ class RecService:
             self.store.add_tombstones(carried)
             self._deleted |= carried
         if self._deleted - carried:
-            write_erasures(snap.path, self._secret, self._deleted)
+            write_erasures(snap.path, self._secret, self._deleted - carried)
         self._deleted_users = {snap.version: self._dense_deleted(snap, self._deleted)}
         trained = (snap.config.get("info") or {}).get("event_types")
         if trained is not None and trained != self.settings.event_types:
@@ -304,6 +304,7 @@ class RecService:
         if new_tombs:
             snap = self.snap
             self._deleted_users.setdefault(snap.version, set()).update(self._dense_deleted(snap, new_tombs))
+            write_erasures(snap.path, self._secret, new_tombs)  # in case the deleting worker could not
         self.catalogue.apply(items)
         self._synced_at = started
 
@@ -486,7 +487,7 @@ class RecService:
         dense = snap.user_map.get(user)
         if dense is not None:
             self._deleted_users.setdefault(snap.version, set()).add(dense)
-        write_erasures(snap.path, self._secret, self._deleted)
+        write_erasures(snap.path, self._secret, {digest})
         self.metrics.deleted_users.inc()
         log.info("deleted a user and %d events", n)  # the id itself is not logged
         return n
