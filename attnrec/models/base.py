@@ -133,6 +133,8 @@ class Recommender:
     model_name: ClassVar[str] = "base"
     #: whether the model uses the order of a history (sequential) or only its set
     sequential: ClassVar[bool] = False
+    #: whether ``fit`` can start from another fitted model's weights (``warm_start_from``)
+    supports_warm_start: ClassVar[bool] = False
 
     # ---- hyperparameters -------------------------------------------------
     def get_params(self) -> dict[str, Any]:

@@ -301,7 +301,7 @@ class BERT4Rec(NeuralSequenceModel):
     # ---- fitting ---------------------------------------------------------
     def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
         torch.manual_seed(self.seed)
-        self.net_ = self._build(data.n_items)
+        self.net_ = self._build_for_fit(data.n_items)
         starts, lens = cloze_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training windows: every sequence has fewer than 2 items")

@@ -13,7 +13,7 @@ explicitly (scikit-learn style: ``get_params`` reads the signature).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,10 @@ class NeuralSequenceModel(Recommender):
     """Base class of the attention models trained by :func:`attnrec.training.train`."""
 
     sequential = True
+    #: ``warm_start_from(state)`` makes the next ``fit`` start from given weights (fine-tuning)
+    supports_warm_start: ClassVar[bool] = True
     net_: torch.nn.Module
+    _warm_state: dict[str, torch.Tensor] | None = None
 
     def _build(self, n_items: int) -> torch.nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -37,6 +40,32 @@ class NeuralSequenceModel(Recommender):
         raise NotImplementedError
 
     # ---- training --------------------------------------------------------
+    def warm_start_from(self, state: dict[str, torch.Tensor]) -> "NeuralSequenceModel":
+        """Start the next ``fit`` from ``state`` (a ``net_`` state dict) instead of a fresh init.
+
+        Tensors whose shape differs from the new network's keep the fresh init;
+        NaN rows (items new to the catalogue) are filled from it.
+        """
+        self._warm_state = state
+        return self
+
+    def _build_for_fit(self, n_items: int) -> torch.nn.Module:
+        """``_build``, then the warm-start weights if any (used once)."""
+        net = self._build(n_items)
+        state, self._warm_state = self._warm_state, None
+        if state:
+            fresh = net.state_dict()
+            merged = {}
+            for k, v in fresh.items():
+                w = state.get(k)
+                if w is None or w.shape != v.shape:
+                    merged[k] = v
+                    continue
+                w = w.to(v.dtype)
+                merged[k] = torch.where(torch.isnan(w), v, w) if w.is_floating_point() else w
+            net.load_state_dict(merged)
+        return net
+
     def train_config(self) -> TrainConfig:
         return TrainConfig(
             epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,

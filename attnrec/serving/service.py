@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -34,24 +35,35 @@ from attnrec.serving.store import EventStore, user_digest
 log = logging.getLogger(__name__)
 
 
+#: event id of an ingest this process has not read back yet: newer than any bundle's events
+_NEWEST = sys.maxsize
+
+
 class UserEntry:
-    """A user's stored events (raw item ids, arrival order) and memoised derivations."""
+    """A user's stored events (raw item ids and event ids, arrival order) and memoised derivations."""
 
-    __slots__ = ("items", "tombstoned", "_seq", "recs")
+    __slots__ = ("items", "ids", "tombstoned", "_seq", "recs")
 
-    def __init__(self, items: tuple[str, ...], tombstoned: bool):
+    def __init__(self, items: tuple[str, ...], tombstoned: bool, ids: tuple[int, ...] | None = None):
         self.items = items
+        self.ids = ids if ids is not None else (_NEWEST,) * len(items)
         self.tombstoned = tombstoned  # deleted once: the bundle's fit history stays hidden
         self._seq: tuple[str, np.ndarray, bool] | None = None
         self.recs: OrderedDict = OrderedDict()
 
     def sequence(self, snap: ModelSnapshot, user: str) -> tuple[np.ndarray, bool]:
-        """``(dense history, known to the model)`` under ``snap``: fit history + stored events."""
+        """``(dense history, known to the model)`` under ``snap``: fit history + stored events.
+
+        Stored events the bundle already contains (a retrained bundle records the
+        last event id it includes) are not appended a second time.
+        """
         memo = self._seq
         if memo is not None and memo[0] == snap.version:
             return memo[1], memo[2]
         fit = None if self.tombstoned else snap.fit_history(user)
-        stored, _ = snap.encode_items(self.items)
+        through = snap.included_event_id
+        items = self.items if not through else [i for i, e in zip(self.items, self.ids) if e > through]
+        stored, _ = snap.encode_items(items)
         seq = stored if fit is None else np.concatenate([np.asarray(fit, dtype=np.int64), stored])
         self._seq = (snap.version, seq, fit is not None)
         return seq, fit is not None
@@ -71,11 +83,13 @@ class RecService:
         self._reload_lock = asyncio.Lock()
         self._watch_task: asyncio.Task | None = None
         self._watched: tuple | None = None
+        self.store_id = ""
 
     # ---- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         s = self.settings
         self.store = EventStore(s.resolved_database_url)
+        self.store_id = self.store.store_id()
         self._deleted = self.store.deleted_digests()
         self._has_events = self.store.users_with_events()
         self._install(load_snapshot(s.model_path, s.explain_top, s.index))
@@ -85,6 +99,14 @@ class RecService:
             self.store.close()
 
     def _install(self, snap: ModelSnapshot) -> None:
+        old = self.current
+        snap.bind_store(self.store_id)
+        if old is not None and old.included_event_id != snap.included_event_id:
+            # entries built from ingests hold no event ids: rebuild them from the database,
+            # which knows which of their events the new bundle already contains
+            with self._lock:
+                self._cache.clear()
+                self.metrics.cached_users.set(0)
         self.current = snap
         self.metrics.set_model(snap.version, snap.model_name, time.time())
         self._watched = _stat(snap.path)
@@ -189,7 +211,9 @@ class RecService:
         with self._lock:
             entry = self._cache.get(user)
             if entry is None:
-                entry = UserEntry(tuple(self.store.user_items(user)), user_digest(user) in self._deleted)
+                stored = self.store.user_events(user)
+                entry = UserEntry(tuple(e.item for e in stored), user_digest(user) in self._deleted,
+                                  tuple(e.id for e in stored))
                 self._put(user, entry)
             return entry
 
@@ -220,7 +244,8 @@ class RecService:
             for user, items in by_user.items():
                 old = self._cache.get(user)
                 if old is not None:
-                    self._put(user, UserEntry(old.items + tuple(items), old.tombstoned))
+                    self._put(user, UserEntry(old.items + tuple(items), old.tombstoned,
+                                              old.ids + (_NEWEST,) * len(items)))
         get_item, get_user = snap.item_map.get, snap.user_map.get
         unknown_items = sum(1 for r in rows if get_item(r["item_id"]) is None)
         unknown_users = sum(1 for r in rows if get_user(r["user_id"]) is None

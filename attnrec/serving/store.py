@@ -59,6 +59,15 @@ deleted_users = Table(
     Column("user_hash", String(64), primary_key=True),
 )
 
+# one row: a random id naming this store, so a bundle's "events up to id N" is only
+# applied against the store those ids came from (a fresh database restarts ids)
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
 
 def user_digest(user: str) -> str:
     return hashlib.sha256(b"attnrec-deleted-user\x00" + user.encode("utf-8")).hexdigest()
@@ -168,6 +177,22 @@ class EventStore:
     def count_events(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+    def store_id(self) -> str:
+        """This store's random identity (created on first use)."""
+        import uuid
+
+        q = select(store_meta.c.value).where(store_meta.c.key == "store_id")
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is not None:
+            return row[0]
+        with self._writing(), self.engine.begin() as conn:
+            row = conn.execute(q).first()
+            if row is None:
+                conn.execute(insert(store_meta), [{"key": "store_id", "value": uuid.uuid4().hex}])
+                row = conn.execute(q).first()
+        return row[0]
 
     def iter_events(self, batch: int = 10_000) -> Iterable[StoredEvent]:
         """Every stored event in id order (for exporting to a retraining job)."""

@@ -1,0 +1,633 @@
+"""Continuous learning: the service's stored events flow back into training.
+
+One retraining round (:func:`retrain`):
+
+1. **Training log** (:func:`build_training_log`): the current bundle's fit-time
+   histories plus the events stored since that bundle was made, merged per user
+   in event-time order (ties: fit history first, then arrival), de-duplicated
+   on ``(user, item, time)``, without deleted users, without items deleted from
+   the catalogue, and with the declared event types applied: only positive
+   types become training positives (negative and exclude-only types are not).
+   New users and items enter the id maps.
+2. **Holdout** (:func:`holdout_latest`): each active user's (a user with new
+   events) most recent event is held out; the candidate is fitted on the rest
+   with the current bundle's own hyperparameters, from scratch or, optionally,
+   warm-started from the current weights.
+3. **Guard**: the current and the candidate model are scored on exactly those
+   held-out cases with full ranking (:func:`score_cases`); the candidate is
+   written only if its NDCG@10 is not worse than the current one's by more than
+   the tolerance.
+4. **Atomic write** (:func:`write_bundle_atomically`): the bundle is written
+   into a temporary directory beside the target and renamed into place. It
+   records ``last_event_id`` (and the event store's identity) so that the
+   service, on loading it, appends only later stored events to a user's
+   fit-time history: events the bundle already contains never count twice.
+
+The written bundle's histories are the *whole* training log (held-out events
+included), so nothing acknowledged is missing from the served sequences; its
+weights were fitted without the held-out events (the guard's price).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from attnrec.data.dataset import IdMap, SequenceData
+from attnrec.models.base import Recommender, exclusion_mask
+
+log = logging.getLogger(__name__)
+
+EVENT_TYPES_ENV = "ATTNREC_EVENT_TYPES"
+#: keys in a bundle's ``config.json`` ``info`` that tie it to the events it contains
+LAST_EVENT_ID = "last_event_id"
+STORE_ID = "event_store_id"
+GUARD_METRIC = "NDCG@10"
+
+
+# ---- event types -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EventTypes:
+    """Declared event types and their weights (``ATTNREC_EVENT_TYPES``).
+
+    Positive weight: positive feedback (trained on); negative: negative feedback;
+    0: exclude-only (impressions, reads). With nothing declared every event is
+    positive, as it is for the service.
+    """
+
+    weights: Mapping[str, float] | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> "EventTypes":
+        if text is None or not text.strip():
+            return cls(None)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{EVENT_TYPES_ENV} must be a JSON object of weights, e.g. "
+                             f'{{"purchase": 3, "view": 1, "dislike": -1}}: {e}') from None
+        if not isinstance(obj, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in obj.values()):
+            raise ValueError(f"{EVENT_TYPES_ENV} must map event type names to finite numbers, got {text!r}")
+        return cls({str(k): float(v) for k, v in obj.items()})
+
+    @classmethod
+    def from_env(cls) -> "EventTypes":
+        return cls.parse(os.environ.get(EVENT_TYPES_ENV))
+
+    def is_positive(self, event_type: str | None) -> bool:
+        """Whether an event of this type is trained on as a positive interaction."""
+        if self.weights is None:
+            return True
+        if event_type is None:
+            # an untyped event stored before types were declared: the service treated it as positive
+            return True
+        w = self.weights.get(event_type)
+        if w is None:
+            raise ValueError(f"stored event type {event_type!r} is not declared in {EVENT_TYPES_ENV} "
+                             f"(declared: {sorted(self.weights)}); declare it or remove those events")
+        return w > 0
+
+
+# ---- the event store, as retraining sees it ------------------------------------------------
+@dataclass(frozen=True)
+class LoggedEvent:
+    id: int
+    user: str
+    item: str
+    event_type: str | None
+    time: float  # event time: the client's timestamp, else the arrival time
+
+
+class StoreView:
+    """The read-only slice of :class:`~attnrec.serving.store.EventStore` that retraining needs."""
+
+    def __init__(self, store):
+        self.store = store
+
+    @classmethod
+    def open(cls, url: str) -> "StoreView":
+        from attnrec.serving.store import EventStore
+
+        return cls(EventStore(url))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def store_id(self) -> str:
+        return self.store.store_id()
+
+    def events_after(self, after_id: int, batch: int = 10_000) -> Iterator[LoggedEvent]:
+        """Every event with id > ``after_id`` in id order, read ``batch`` rows at a time."""
+        from sqlalchemy import select
+
+        from attnrec.serving.store import events as t
+
+        last = int(after_id)
+        while True:
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(
+                    select(t.c.id, t.c.user_id, t.c.item_id, t.c.event_type, t.c.ts, t.c.received_at)
+                    .where(t.c.id > last).order_by(t.c.id).limit(batch)
+                ).all()
+            if not rows:
+                return
+            for r in rows:
+                yield LoggedEvent(int(r[0]), r[1], r[2], r[3], float(r[4] if r[4] is not None else r[5]))
+            last = int(rows[-1][0])
+
+    def last_event_id(self) -> int:
+        from sqlalchemy import func, select
+
+        from attnrec.serving.store import events as t
+
+        with self.store.engine.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one())
+
+    def deleted_user_test(self):
+        """``f(user) -> bool``: whether the user asked to be deleted (tombstone lookup)."""
+        from attnrec.serving.store import user_digest
+
+        digests = self.store.deleted_digests()
+        return lambda user: user_digest(user) in digests
+
+    def deleted_items(self) -> set[str]:
+        """Items deleted from the catalogue (none until the store records item deletions)."""
+        return set()
+
+
+# ---- the training log ----------------------------------------------------------------------
+@dataclass
+class TrainingLog:
+    data: SequenceData  # every kept positive event, per user in event-time order
+    last_event_id: int  # the newest stored event id the log has read
+    active_users: np.ndarray  # dense users with at least one stored event in the log
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def build_training_log(bundle: Recommender, store: StoreView, event_types: EventTypes,
+                       after_id: int = 0, batch: int = 10_000) -> TrainingLog:
+    """Fit-time histories of ``bundle`` + stored events with id > ``after_id`` (see module doc)."""
+    is_deleted = store.deleted_user_test()
+    gone_items = store.deleted_items()
+    fit = bundle.train_data_
+    counts = dict.fromkeys(("fit_events", "stored_events", "stored_used", "duplicates", "deleted_users",
+                            "deleted_user_events", "not_positive", "deleted_item_events",
+                            "new_users", "new_items"), 0)
+
+    users: list[str] = []  # raw ids in first-appearance order (bundle users first)
+    user_index: dict[str, int] = {}
+    items = IdMap(offset=1)
+    col_user: list[np.ndarray] = []
+    col_item: list[np.ndarray] = []
+    col_time: list[np.ndarray] = []
+    col_order: list[np.ndarray] = []  # tie-break inside equal times: fit position, then arrival
+    col_stored: list[np.ndarray] = []
+
+    # fit-time histories: keep the bundle's dense order for items (stable ids help warm starts)
+    old_items = fit.item_map.raw_ids
+    item_remap = np.zeros(fit.n_items + 1, dtype=np.int64)
+    for dense, raw in enumerate(old_items, start=1):
+        if raw not in gone_items:
+            item_remap[dense] = items.add(raw)
+    ts_all = fit.timestamps
+    n_fit = fit.n_interactions
+    order_base = 0
+    for u, raw_user in enumerate(fit.user_map.raw_ids):
+        lo, hi = int(fit.indptr[u]), int(fit.indptr[u + 1])
+        if is_deleted(raw_user):
+            counts["deleted_users"] += 1
+            counts["deleted_user_events"] += hi - lo
+            continue
+        seq = item_remap[fit.items[lo:hi]]
+        keep = seq > 0
+        counts["deleted_item_events"] += int((~keep).sum())
+        if not keep.any():
+            continue
+        ui = user_index.setdefault(raw_user, len(users))
+        if ui == len(users):
+            users.append(raw_user)
+        t = (np.asarray(ts_all[lo:hi], dtype=np.float64) if ts_all is not None
+             else np.full(hi - lo, -np.inf))
+        t = np.where(np.isnan(t), -np.inf, t)  # unknown fit time: before every stored event
+        col_user.append(np.full(int(keep.sum()), ui, dtype=np.int64))
+        col_item.append(seq[keep])
+        col_time.append(t[keep])
+        col_order.append(np.arange(lo, hi, dtype=np.int64)[keep])
+        col_stored.append(np.zeros(int(keep.sum()), dtype=bool))
+    counts["fit_events"] = int(sum(len(c) for c in col_item))
+    order_base = n_fit
+    n_bundle_items = len(items)
+
+    last_id = int(after_id)
+    b_user, b_item, b_time, b_order = [], [], [], []
+    deleted_cache: dict[str, bool] = {}
+
+    def flush() -> None:
+        if b_user:
+            col_user.append(np.asarray(b_user, dtype=np.int64))
+            col_item.append(np.asarray(b_item, dtype=np.int64))
+            col_time.append(np.asarray(b_time, dtype=np.float64))
+            col_order.append(np.asarray(b_order, dtype=np.int64))
+            col_stored.append(np.ones(len(b_user), dtype=bool))
+            b_user.clear(), b_item.clear(), b_time.clear(), b_order.clear()
+
+    for ev in store.events_after(after_id, batch):
+        counts["stored_events"] += 1
+        last_id = max(last_id, ev.id)
+        dead = deleted_cache.get(ev.user)
+        if dead is None:
+            dead = deleted_cache[ev.user] = is_deleted(ev.user)
+        if dead:
+            counts["deleted_user_events"] += 1
+            continue
+        if not event_types.is_positive(ev.event_type):
+            counts["not_positive"] += 1
+            continue
+        if ev.item in gone_items:
+            counts["deleted_item_events"] += 1
+            continue
+        ui = user_index.setdefault(ev.user, len(users))
+        if ui == len(users):
+            users.append(ev.user)
+        b_user.append(ui)
+        b_item.append(items.add(ev.item))
+        b_time.append(ev.time)
+        b_order.append(order_base + ev.id)
+        if len(b_user) >= batch:
+            flush()
+    flush()
+    counts["deleted_users"] += sum(1 for u, d in deleted_cache.items() if d and u not in fit.user_map)
+
+    cat = lambda cols, dt: np.concatenate(cols) if cols else np.zeros(0, dt)  # noqa: E731
+    u_a, i_a, t_a = cat(col_user, np.int64), cat(col_item, np.int64), cat(col_time, np.float64)
+    o_a, s_a = cat(col_order, np.int64), cat(col_stored, bool)
+    # per user, in event-time order; ties keep fit position, then arrival order
+    perm = np.lexsort((o_a, t_a, u_a))
+    u_a, i_a, t_a, s_a = u_a[perm], i_a[perm], t_a[perm], s_a[perm]
+    # the same (user, item, time) twice is one event seen twice (a retried post, or a stored
+    # copy of a fit-time event); the first (fit-time) copy stays. Unknown times never match.
+    known = np.isfinite(t_a)
+    dup = np.zeros(len(u_a), dtype=bool)
+    if known.any():
+        idx = np.nonzero(known)[0]
+        key = np.rec.fromarrays([u_a[idx], i_a[idx], t_a[idx]])
+        _, first = np.unique(key, return_index=True)
+        dup[idx] = True
+        dup[idx[first]] = False
+    counts["duplicates"] = int(dup.sum())
+    u_a, i_a, t_a, s_a = u_a[~dup], i_a[~dup], t_a[~dup], s_a[~dup]
+    counts["stored_used"] = int(s_a.sum())
+
+    # drop users left without events; users keep first-appearance order
+    present = np.zeros(len(users), dtype=bool)
+    present[u_a] = True
+    new_index = np.cumsum(present) - 1
+    user_map = IdMap((u for u, p in zip(users, present) if p), offset=0)
+    u_a = new_index[u_a]
+    lengths = np.bincount(u_a, minlength=len(user_map))
+    indptr = np.zeros(len(user_map) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    times = np.where(np.isfinite(t_a), t_a, np.nan)
+    data = SequenceData(indptr, i_a, len(items), user_map, items,
+                        None if np.isnan(times).all() else times)
+    active = np.unique(u_a[s_a])
+    counts["new_users"] = sum(1 for u in user_map.raw_ids if u not in fit.user_map)
+    counts["new_items"] = len(items) - n_bundle_items
+    log.info("training log: %d events of %d users (%s)", data.n_interactions, data.n_users, counts)
+    return TrainingLog(data, last_id, active, counts)
+
+
+# ---- holdout and scoring ---------------------------------------------------------------------
+@dataclass
+class HeldOutCases:
+    """Next-event cases in raw ids, so that models with different id maps score the same cases."""
+
+    users: list[str]
+    histories: list[list[str]]
+    targets: list[str]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def holdout_latest(data: SequenceData, users: np.ndarray) -> tuple[SequenceData, HeldOutCases]:
+    """``data`` without the latest event of each of ``users`` that has a history before it.
+
+    Users with a single event keep it (there is nothing to predict it from).
+    """
+    lengths = data.lengths
+    users = np.asarray([u for u in np.asarray(users, dtype=np.int64) if lengths[u] >= 2], dtype=np.int64)
+    drop = data.indptr[users + 1] - 1  # position of each user's latest event
+    keep = np.ones(data.n_interactions, dtype=bool)
+    keep[drop] = False
+    new_len = lengths.copy()
+    new_len[users] -= 1
+    indptr = np.zeros_like(data.indptr)
+    np.cumsum(new_len, out=indptr[1:])
+    ts = None if data.timestamps is None else data.timestamps[keep]
+    train = SequenceData(indptr, data.items[keep], data.n_items, data.user_map, data.item_map, ts)
+    imap, umap = data.item_map, data.user_map
+    cases = HeldOutCases(
+        users=[umap.to_raw(int(u)) for u in users],
+        histories=[imap.decode(data.items[data.indptr[u]: data.indptr[u + 1] - 1]) for u in users],
+        targets=[imap.to_raw(int(data.items[p])) for p in drop],
+    )
+    return train, cases
+
+
+def score_cases(model: Recommender, cases: HeldOutCases, ks: Sequence[int] = (10,),
+                batch_size: int = 256) -> dict[str, float]:
+    """Full-ranking HR@K / NDCG@K of ``model`` on ``cases`` (history items excluded).
+
+    History items the model does not know are dropped from its input; a target
+    it does not know is a miss (it cannot be recommended), so models with
+    different catalogues are compared on the same cases.
+    """
+    from attnrec.evaluation import metrics_from_ranks, ranks_of_targets
+
+    if len(cases) == 0:
+        raise ValueError("no held-out cases to score")
+    get = model.item_map_.get
+    ranks: list[np.ndarray] = []
+    for start in range(0, len(cases), batch_size):
+        hist = [np.asarray([d for d in (get(r) for r in h) if d is not None], dtype=np.int64)
+                for h in cases.histories[start: start + batch_size]]
+        tgt = [get(t) for t in cases.targets[start: start + batch_size]]
+        with torch.no_grad():
+            scores = model.score(hist).float()
+        scores = scores.masked_fill(exclusion_mask(hist, scores.shape[1]), float("-inf"))
+        known = [i for i, t in enumerate(tgt) if t is not None]
+        r = [np.array([np.inf]) for _ in tgt]
+        if known:
+            for i, rk in zip(known, ranks_of_targets(scores[known], [np.array([tgt[i]]) for i in known])):
+                r[i] = rk
+        ranks.extend(r)
+    per = metrics_from_ranks(ranks, ks)
+    out = {k: float(v.mean()) for k, v in per.items() if k.startswith(("HR@", "NDCG@"))}
+    out["cases"] = len(cases)
+    return out
+
+
+# ---- warm start --------------------------------------------------------------------------------
+def warm_start_state(current: Recommender, new_items: IdMap) -> dict[str, torch.Tensor]:
+    """The current network's weights with item rows moved to ``new_items``' dense ids.
+
+    Rows of items new to the catalogue keep their fresh initialisation
+    (returned as NaN rows, which the model fills from its own init).
+    """
+    state = {k: v.detach().clone() for k, v in current.net_.state_dict().items()}
+    old_n = int(current.n_items_)
+    new_n = len(new_items)
+    src = np.asarray([current.item_map_.get(r, -1) for r in new_items.raw_ids], dtype=np.int64)
+    have = torch.from_numpy(np.nonzero(src >= 0)[0] + 1)
+    out = {}
+    for k, v in state.items():
+        # item tables: row 0 padding, rows 1..n items, maybe one special row after (BERT4Rec's mask)
+        extra = v.shape[0] - (old_n + 1) if v.ndim >= 1 and v.is_floating_point() else -1
+        if extra in (0, 1) and "pos" not in k:
+            moved = torch.full((new_n + 1 + extra, *v.shape[1:]), float("nan"), dtype=v.dtype)
+            moved[0] = v[0]
+            moved[have] = v[torch.from_numpy(src[src >= 0])]
+            if extra:
+                moved[-1] = v[-1]
+            out[k] = moved
+        else:
+            out[k] = v
+    return out
+
+
+# ---- writing -----------------------------------------------------------------------------------
+def write_bundle_atomically(model: Recommender, out: Path, metrics: dict, info: dict,
+                            catalogue_rows: Iterable[dict] | None, catalogue_fields: Sequence[str] | None) -> Path:
+    """Write the bundle into a temporary sibling directory, then rename it to ``out``.
+
+    If ``out`` exists it is moved to ``<out>.previous`` first (one rename each
+    way; the service keeps serving the bundle it loaded meanwhile, and its
+    watcher reloads when the new ``config.json`` appears).
+    """
+    import csv
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save(tmp, metrics=metrics, info=info)
+        if catalogue_rows is not None and catalogue_fields:
+            with open(tmp / "items.csv", "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=list(catalogue_fields), extrasaction="ignore")
+                w.writeheader()
+                w.writerows(catalogue_rows)
+        for p in tmp.iterdir():  # the data is on disk before the rename makes it visible
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+        if out.exists():
+            previous = out.with_name(out.name + ".previous")
+            if previous.exists():
+                shutil.rmtree(previous)
+            os.rename(out, previous)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---- one retraining round ------------------------------------------------------------------------
+@dataclass
+class RetrainResult:
+    accepted: bool
+    written: Path | None
+    current: dict[str, float]
+    candidate: dict[str, float]
+    tolerance: float
+    last_event_id: int
+    fit_seconds: float
+    counts: dict[str, int]
+    warm_start: bool
+
+    def summary(self) -> str:
+        verdict = "accepted" if self.accepted else "refused"
+        return (f"{GUARD_METRIC} on {self.current['cases']} held-out latest events (full ranking): "
+                f"current {self.current[GUARD_METRIC]:.4f} (HR@10 {self.current['HR@10']:.4f}), "
+                f"candidate {self.candidate[GUARD_METRIC]:.4f} (HR@10 {self.candidate['HR@10']:.4f}); "
+                f"tolerance {self.tolerance}: {verdict}")
+
+
+def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, warm_start: bool = False,
+            warm_epochs: int | None = None, params: dict[str, Any] | None = None,
+            event_types: EventTypes | None = None, threads: int | None = None,
+            candidate_hook=None) -> RetrainResult:
+    """One retraining round from ``bundle`` and the event store at ``db_url`` (see module doc).
+
+    ``params`` override the bundle's hyperparameters (e.g. a shorter budget).
+    ``candidate_hook(model)`` is called on the fitted candidate before it is
+    scored (tests use it to break a candidate on purpose).
+    """
+    from attnrec.pipeline import build_model, read_catalogue
+
+    if tolerance < 0 or not math.isfinite(tolerance):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    bundle = Path(bundle)
+    current = Recommender.load(bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    info_old = config.get("info", {}) or {}
+    event_types = event_types or EventTypes.from_env()
+    store = StoreView.open(db_url)
+    try:
+        store_id = store.store_id()
+        # events the bundle already contains come only from the same store
+        after = int(info_old.get(LAST_EVENT_ID, 0)) if info_old.get(STORE_ID) == store_id else 0
+        tlog = build_training_log(current, store, event_types, after_id=after)
+    finally:
+        store.close()
+    train_data, cases = holdout_latest(tlog.data, tlog.active_users)
+    if len(cases) == 0:
+        raise ValueError("nothing to retrain on: no user has a new stored event after a history "
+                         f"(stored events read after id {after}: {tlog.counts['stored_events']})")
+
+    hp = dict(config["params"])
+    hp.update(params or {})
+    if "progress" in hp:
+        hp["progress"] = False
+    if threads is not None and "num_threads" in hp:
+        hp["num_threads"] = int(threads)
+    if warm_start:
+        if not current.supports_warm_start:
+            raise ValueError(f"the {current.model_name} model cannot be warm-started; retrain from scratch")
+        if warm_epochs is not None:
+            hp["epochs"] = int(warm_epochs)
+    model = build_model(config["model"], hp)
+    if warm_start:
+        model.warm_start_from(warm_start_state(current, train_data.item_map))
+    t0 = time.perf_counter()
+    model.fit(train_data)
+    fit_seconds = time.perf_counter() - t0
+    if candidate_hook is not None:
+        candidate_hook(model)
+
+    cur = score_cases(current, cases)
+    cand = score_cases(model, cases)
+    accepted = cand[GUARD_METRIC] >= cur[GUARD_METRIC] - tolerance
+    result = RetrainResult(accepted, None, cur, cand, tolerance, tlog.last_event_id, fit_seconds,
+                           tlog.counts, warm_start)
+    log.info(result.summary())
+    if not accepted:
+        return result
+
+    # served histories: the whole log (the held-out events too); weights: fitted without them
+    model.train_data_ = tlog.data
+    info = {
+        "data": f"retrained from {bundle.name} + event store",
+        "holdout": "latest event of each active user (guard only)",
+        LAST_EVENT_ID: tlog.last_event_id,
+        STORE_ID: store_id,
+        "retrained_from": config.get("saved_at"),
+        "warm_start": warm_start,
+    }
+    metrics = {"retrain": {
+        "protocol": "next event: each active user's latest stored event held out; full ranking; "
+                    "history items excluded",
+        "current": cur, "candidate": cand, "tolerance": tolerance, "metric": GUARD_METRIC,
+        "accepted": True, "fit_seconds": fit_seconds, "warm_start": warm_start,
+        "log": tlog.counts,
+    }}
+    rows, fields = None, None
+    cat = read_catalogue(bundle)
+    if cat:
+        kept = set(tlog.data.item_map.raw_ids)
+        rows = [r for i, r in cat.items() if i in kept]
+        fields = list(next(iter(cat.values())).keys())
+    result.written = write_bundle_atomically(model, out, metrics, info, rows, fields)
+    return result
+
+
+class store_ctx:
+    def __init__(self, url: str):
+        self.url = url
+
+    def __enter__(self) -> StoreView:
+        self.view = StoreView.open(self.url)
+        return self.view
+
+    def __exit__(self, *exc) -> None:
+        self.view.close()
+
+
+# ---- export --------------------------------------------------------------------------------------
+EXPORT_COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "event_id")
+
+
+def export_events(db_url: str, out: Path, *, positives_only: bool = False, event_types: EventTypes | None = None,
+                  batch: int = 10_000) -> dict[str, int]:
+    """Stream the stored events to ``out`` (``.parquet`` or ``.csv``), ``batch`` rows at a time.
+
+    Columns: ``user_id, item_id, timestamp, event_type, event_id`` (what
+    ``attnrec train`` reads); deleted users are left out. ``positives_only``
+    also leaves out negative and exclude-only types, so the file trains as the
+    service's settings mean it.
+    """
+    import pyarrow as pa
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise ValueError(f"--out must end in .parquet or .csv, got {out.name!r}")
+    event_types = event_types or EventTypes.from_env()
+    schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.float64()),
+                        ("event_type", pa.string()), ("event_id", pa.int64())])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    counts = {"written": 0, "deleted_user_events": 0, "not_positive": 0}
+    with store_ctx(db_url) as store:
+        is_deleted = store.deleted_user_test()
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            writer = pq.ParquetWriter(tmp, schema)
+        else:
+            import pyarrow.csv as pcsv
+
+            writer = pcsv.CSVWriter(tmp, schema)
+        try:
+            cols: dict[str, list] = {c: [] for c in EXPORT_COLUMNS}
+
+            def flush() -> None:
+                if cols["user_id"]:
+                    writer.write_table(pa.table(cols, schema=schema))
+                    for v in cols.values():
+                        v.clear()
+
+            for ev in store.events_after(0, batch):
+                if is_deleted(ev.user):
+                    counts["deleted_user_events"] += 1
+                    continue
+                if positives_only and not event_types.is_positive(ev.event_type):
+                    counts["not_positive"] += 1
+                    continue
+                cols["user_id"].append(ev.user)
+                cols["item_id"].append(ev.item)
+                cols["timestamp"].append(ev.time)
+                cols["event_type"].append(ev.event_type)
+                cols["event_id"].append(ev.id)
+                counts["written"] += 1
+                if len(cols["user_id"]) >= batch:
+                    flush()
+            flush()
+        finally:
+            writer.close()
+    os.replace(tmp, out)
+    return counts
