@@ -296,3 +296,48 @@ def test_export_streams_events_without_deleted_users(store, tmp_path):
     assert c.column("user_id").to_pylist() == ["u1"] and c.column("timestamp").to_pylist() == [10.0]
     with pytest.raises(ValueError, match="must end in .parquet or .csv"):
         export_events(url, tmp_path / "ev.txt")
+
+
+# ---- the commands ---------------------------------------------------------------------------------
+def cli(*args):
+    from typer.testing import CliRunner
+
+    from attnrec.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_export_round_trips_through_train(store, tmp_path, suffix):
+    # arrival order differs from event time: training must see time order
+    add(store, ("u1", "b", 20.0, "view"), ("u1", "a", 10.0, "purchase"), ("u2", "a", 5.0, "view"),
+        ("u2", "c", 6.0, "view"), ("u1", "c", 30.0, "view"), ("gone", "a", 1.0, "view"), ("gone", "b", 2.0, "view"))
+    store.delete_user("gone")
+    url = str(store.engine.url)
+    r = cli("events", "export", "--db", url, "--out", tmp_path / f"ev.{suffix}")
+    assert r.exit_code == 0, r.output
+    assert "wrote 5 events" in r.output
+    r = cli("train", tmp_path / f"ev.{suffix}", "--model", "pop", "--holdout", "none", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    m = Recommender.load(tmp_path / "b")
+    assert sorted(m.user_map_.raw_ids) == ["u1", "u2"]
+    assert user_log(m.train_data_, "u1") == ["a", "b", "c"] and user_log(m.train_data_, "u2") == ["a", "c"]
+    u1 = m.user_map_.to_dense("u1")
+    assert m.train_data_.timestamps[m.train_data_.indptr[u1]: m.train_data_.indptr[u1 + 1]].tolist() == [10, 20, 30]
+
+
+def test_retrain_command_prints_both_figures_and_refuses_with_exit_1(served, tmp_path, monkeypatch):
+    bundle, url, _ = served
+    r = cli("retrain", "--bundle", bundle, "--db", url, "--out", tmp_path / "new", "--param", "l2=10")
+    assert r.exit_code == 0, r.output
+    assert "current 0." in r.output and "candidate 0." in r.output and "accepted" in r.output
+    assert (tmp_path / "new" / "config.json").exists()
+    # a candidate that ignores its input (l2 so large every item scores ~0: ties by id) is refused
+    r = cli("retrain", "--bundle", bundle, "--db", url, "--out", tmp_path / "bad", "--param", "l2=1e12",
+            "--tolerance", "0")
+    assert r.exit_code == 1, r.output
+    assert "refused" in r.output and not (tmp_path / "bad").exists()
+    r = cli("retrain", "--bundle", bundle, "--db", url, "--out", tmp_path / "x", "--param", "depth=3")
+    assert r.exit_code == 2 and "has no hyperparameter 'depth'" in r.output
+    r = cli("retrain", "--bundle", bundle, "--db", url, "--out", tmp_path / "x", "--tolerance", "-1")
+    assert r.exit_code == 2 and "tolerance must be a finite number >= 0" in r.output
