@@ -369,6 +369,7 @@ def demo(
 events_app = typer.Typer(help="The service's stored events.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 DB_URL = typer.Option(..., "--db", help="The service's database URL (e.g. sqlite:///.attnrec/events.db).")
+SERVICE_DIR = typer.Option(None, "--data-dir", help="The service's --data-dir (its secret.key; default .attnrec). ATTNREC_SECRET and ATTNREC_EVENT_TYPES are read as the service reads them.")
 
 
 @events_app.command("export")
@@ -376,11 +377,13 @@ def events_export(
     db: str = DB_URL,
     out: Path = typer.Option(..., "--out", "-o", help="File to write: .parquet or .csv."),
     positives_only: bool = typer.Option(False, "--positives-only", help="Leave out negative and exclude-only types (ATTNREC_EVENT_TYPES)."),
+    data_dir: Optional[Path] = SERVICE_DIR,
 ) -> None:
     """Stream the stored events (deleted users left out) to a file `attnrec train` reads."""
-    from attnrec.continuous import export_events
+    from attnrec.continuous import export_events, service_secret_and_types
 
-    counts = _guard(export_events, db, out, positives_only=positives_only)
+    secret, types = _guard(service_secret_and_types, db, data_dir)
+    counts = _guard(export_events, db, out, secret=secret, event_types=types, positives_only=positives_only)
     console.print(f"wrote {counts['written']} events to {out} (left out: {counts['not_positive']} not positive)")
 
 
@@ -394,13 +397,15 @@ def retrain(
     warm_epochs: Optional[int] = typer.Option(None, "--warm-epochs", help="Epochs of a warm-start fine-tune (default: the bundle's)."),
     param: List[str] = typer.Option([], "--param", "-p", help="Override one of the bundle's hyperparameters, key=value."),
     threads: int = typer.Option(1, "--threads", help="Torch threads (keep serving responsive)."),
+    data_dir: Optional[Path] = SERVICE_DIR,
 ) -> None:
     """Retrain BUNDLE on its histories + the stored events; write it only if not worse on held-out latest events."""
     from attnrec import continuous, pipeline
 
     params = {k: v for pair in param for k, v in [_guard(pipeline.parse_kv, pair)]}
+    secret, types = _guard(continuous.service_secret_and_types, db, data_dir)
     res = _guard(continuous.retrain, bundle, db, out, tolerance=tolerance, warm_start=warm_start,
-                 warm_epochs=warm_epochs, params=params, threads=threads)
+                 warm_epochs=warm_epochs, params=params, threads=threads, secret=secret, event_types=types)
     console.print(res.summary(), highlight=False)
     if not res.accepted:
         err_console.print(f"not written: {bundle} stays the current bundle")

@@ -49,7 +49,6 @@ from attnrec.models.base import Recommender, exclusion_mask
 
 log = logging.getLogger(__name__)
 
-EVENT_TYPES_ENV = "ATTNREC_EVENT_TYPES"
 #: keys in a bundle's ``config.json`` ``info`` that tie it to the events it contains
 LAST_EVENT_ID = "last_event_id"
 STORE_ID = "event_store_id"
@@ -59,45 +58,34 @@ GUARD_METRIC = "NDCG@10"
 # ---- event types -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EventTypes:
-    """Declared event types and their weights (``ATTNREC_EVENT_TYPES``).
+    """Declared event types and their weights (the service's ``ATTNREC_EVENT_TYPES``).
 
     Positive weight: positive feedback (trained on); negative: negative feedback;
-    0: exclude-only (impressions, reads). With nothing declared every event is
-    positive, as it is for the service.
+    0: exclude-only (impressions, reads). An event without a type, or of a type
+    not (or no longer) declared, is positive, as it is for the service.
     """
 
-    weights: Mapping[str, float] | None = None
-
-    @classmethod
-    def parse(cls, text: str | None) -> "EventTypes":
-        if text is None or not text.strip():
-            return cls(None)
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{EVENT_TYPES_ENV} must be a JSON object of weights, e.g. "
-                             f'{{"purchase": 3, "view": 1, "dislike": -1}}: {e}') from None
-        if not isinstance(obj, dict) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in obj.values()):
-            raise ValueError(f"{EVENT_TYPES_ENV} must map event type names to finite numbers, got {text!r}")
-        return cls({str(k): float(v) for k, v in obj.items()})
-
-    @classmethod
-    def from_env(cls) -> "EventTypes":
-        return cls.parse(os.environ.get(EVENT_TYPES_ENV))
+    weights: Mapping[str, float] = field(default_factory=dict)
 
     def is_positive(self, event_type: str | None) -> bool:
         """Whether an event of this type is trained on as a positive interaction."""
-        if self.weights is None:
-            return True
-        if event_type is None:
-            # an untyped event stored before types were declared: the service treated it as positive
-            return True
-        w = self.weights.get(event_type)
-        if w is None:
-            raise ValueError(f"stored event type {event_type!r} is not declared in {EVENT_TYPES_ENV} "
-                             f"(declared: {sorted(self.weights)}); declare it or remove those events")
-        return w > 0
+        w = self.weights.get(event_type) if event_type is not None else None
+        return w is None or w > 0
+
+
+def service_secret_and_types(database_url: str | None, data_dir: Path | None) -> tuple[bytes, EventTypes]:
+    """The service's tombstone secret and event types, read as ``attnrec serve`` reads them.
+
+    Refuses to guess a secret: with a new one no deleted user would be recognised.
+    """
+    from attnrec.serving.settings import load_settings
+
+    s = load_settings(model_path=Path("."), database_url=database_url, data_dir=data_dir)
+    if s.secret is None and not (s.data_dir / "secret.key").exists():
+        raise ValueError(
+            f"no server secret: set ATTNREC_SECRET or pass the service's --data-dir ({s.data_dir / 'secret.key'} "
+            "does not exist); without it deleted users cannot be recognised")
+    return s.tombstone_secret(), EventTypes(s.event_types)
 
 
 # ---- the event store, as retraining sees it ------------------------------------------------
@@ -111,60 +99,56 @@ class LoggedEvent:
 
 
 class StoreView:
-    """The read-only slice of :class:`~attnrec.serving.store.EventStore` that retraining needs."""
+    """What retraining reads from the service's :class:`~attnrec.serving.store.EventStore`.
 
-    def __init__(self, store):
+    ``erasures``: tombstone keys recorded with the current bundle
+    (``erasures.json``), which count as deletions even in a fresh database.
+    """
+
+    def __init__(self, store, erasures: Iterable[str] = ()):
         self.store = store
+        self.erasures = set(erasures)
 
     @classmethod
-    def open(cls, url: str) -> "StoreView":
+    def open(cls, url: str, secret: bytes, bundle: Path | None = None) -> "StoreView":
+        from attnrec.serving.erasure import read_erasures
         from attnrec.serving.store import EventStore
 
-        return cls(EventStore(url))
+        erasures = read_erasures(bundle, secret) if bundle is not None else set()  # checks the secret
+        return cls(EventStore(url, secret=secret), erasures)
 
     def close(self) -> None:
         self.store.close()
 
+    def __enter__(self) -> "StoreView":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def store_id(self) -> str:
         return self.store.store_id()
 
-    def events_after(self, after_id: int, batch: int = 10_000) -> Iterator[LoggedEvent]:
-        """Every event with id > ``after_id`` in id order, read ``batch`` rows at a time."""
-        from sqlalchemy import select
-
-        from attnrec.serving.store import events as t
-
-        last = int(after_id)
-        while True:
-            with self.store.engine.connect() as conn:
-                rows = conn.execute(
-                    select(t.c.id, t.c.user_id, t.c.item_id, t.c.event_type, t.c.ts, t.c.received_at)
-                    .where(t.c.id > last).order_by(t.c.id).limit(batch)
-                ).all()
-            if not rows:
-                return
-            for r in rows:
-                yield LoggedEvent(int(r[0]), r[1], r[2], r[3], float(r[4] if r[4] is not None else r[5]))
-            last = int(rows[-1][0])
-
     def last_event_id(self) -> int:
-        from sqlalchemy import func, select
+        return self.store.max_event_id()
 
-        from attnrec.serving.store import events as t
-
-        with self.store.engine.connect() as conn:
-            return int(conn.execute(select(func.coalesce(func.max(t.c.id), 0))).scalar_one())
+    def events(self, after_id: int, upto_id: int, batch: int = 10_000) -> Iterator[LoggedEvent]:
+        """Events with ``after_id < id <= upto_id``, read ``batch`` rows at a time."""
+        for e in self.store.iter_events(after_id=after_id, upto_id=upto_id, batch=batch):
+            yield LoggedEvent(int(e.id), e.user, e.item, e.event_type, float(e.timestamp))
 
     def deleted_user_test(self):
-        """``f(user) -> bool``: whether the user asked to be deleted (tombstone lookup)."""
-        from attnrec.serving.store import user_digest
-
-        digests = self.store.deleted_digests()
-        return lambda user: user_digest(user) in digests
+        """``f(user) -> bool``: whether the user asked to be deleted (store or bundle tombstone)."""
+        digests = self.store.deleted_digests() | self.erasures
+        digest = self.store.digest
+        return lambda user: digest(user) in digests
 
     def deleted_items(self) -> set[str]:
-        """Items deleted from the catalogue (none until the store records item deletions)."""
-        return set()
+        return self.store.deleted_items()
+
+    def catalogue_updates(self) -> list:
+        """Item metadata the service manages (``POST /items``, ``PATCH /items/{item}``)."""
+        return self.store.items()
 
 
 # ---- the training log ----------------------------------------------------------------------
@@ -177,8 +161,15 @@ class TrainingLog:
 
 
 def build_training_log(bundle: Recommender, store: StoreView, event_types: EventTypes,
-                       after_id: int = 0, batch: int = 10_000) -> TrainingLog:
-    """Fit-time histories of ``bundle`` + stored events with id > ``after_id`` (see module doc)."""
+                       after_id: int = 0, upto_id: int | None = None, batch: int = 10_000) -> TrainingLog:
+    """Fit-time histories of ``bundle`` + stored events with ``after_id < id <= upto_id`` (see module doc).
+
+    ``upto_id`` defaults to the newest stored event now; events arriving while
+    the log is read are left for the next round. A deleted user is left out
+    entirely: their fit-time history and any event stored after the deletion
+    (which the service keeps serving from the store).
+    """
+    upto = store.last_event_id() if upto_id is None else int(upto_id)
     is_deleted = store.deleted_user_test()
     gone_items = store.deleted_items()
     fit = bundle.train_data_
@@ -230,7 +221,6 @@ def build_training_log(bundle: Recommender, store: StoreView, event_types: Event
     order_base = n_fit
     n_bundle_items = len(items)
 
-    last_id = int(after_id)
     b_user, b_item, b_time, b_order = [], [], [], []
     deleted_cache: dict[str, bool] = {}
 
@@ -243,9 +233,8 @@ def build_training_log(bundle: Recommender, store: StoreView, event_types: Event
             col_stored.append(np.ones(len(b_user), dtype=bool))
             b_user.clear(), b_item.clear(), b_time.clear(), b_order.clear()
 
-    for ev in store.events_after(after_id, batch):
+    for ev in store.events(after_id, upto, batch):
         counts["stored_events"] += 1
-        last_id = max(last_id, ev.id)
         dead = deleted_cache.get(ev.user)
         if dead is None:
             dead = deleted_cache[ev.user] = is_deleted(ev.user)
@@ -306,7 +295,7 @@ def build_training_log(bundle: Recommender, store: StoreView, event_types: Event
     counts["new_users"] = sum(1 for u in user_map.raw_ids if u not in fit.user_map)
     counts["new_items"] = len(items) - n_bundle_items
     log.info("training log: %d events of %d users (%s)", data.n_interactions, data.n_users, counts)
-    return TrainingLog(data, last_id, active, counts)
+    return TrainingLog(data, max(upto, int(after_id)), active, counts)
 
 
 # ---- holdout and scoring ---------------------------------------------------------------------
@@ -410,7 +399,8 @@ def warm_start_state(current: Recommender, new_items: IdMap) -> dict[str, torch.
 
 # ---- writing -----------------------------------------------------------------------------------
 def write_bundle_atomically(model: Recommender, out: Path, metrics: dict, info: dict,
-                            catalogue_rows: Iterable[dict] | None, catalogue_fields: Sequence[str] | None) -> Path:
+                            catalogue_rows: Iterable[dict] | None, catalogue_fields: Sequence[str] | None,
+                            extra_files: Sequence[Path] = ()) -> Path:
     """Write the bundle into a temporary sibling directory, then rename it to ``out``.
 
     If ``out`` exists it is moved to ``<out>.previous`` first (one rename each
@@ -429,6 +419,8 @@ def write_bundle_atomically(model: Recommender, out: Path, metrics: dict, info: 
                 w = csv.DictWriter(f, fieldnames=list(catalogue_fields), extrasaction="ignore")
                 w.writeheader()
                 w.writerows(catalogue_rows)
+        for f in extra_files:
+            shutil.copyfile(f, tmp / f.name)
         for p in tmp.iterdir():  # the data is on disk before the rename makes it visible
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -467,11 +459,13 @@ class RetrainResult:
 
 def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, warm_start: bool = False,
             warm_epochs: int | None = None, params: dict[str, Any] | None = None,
-            event_types: EventTypes | None = None, threads: int | None = None,
+            event_types: EventTypes | None = None, secret: bytes, threads: int | None = None,
             candidate_hook=None) -> RetrainResult:
     """One retraining round from ``bundle`` and the event store at ``db_url`` (see module doc).
 
-    ``params`` override the bundle's hyperparameters (e.g. a shorter budget).
+    ``secret`` and ``event_types`` must be the service's (``ATTNREC_SECRET`` or
+    ``data_dir/secret.key``; ``ATTNREC_EVENT_TYPES``), or deleted users are not
+    recognised and feedback types are misread. ``params`` override the bundle's hyperparameters (e.g. a shorter budget).
     ``candidate_hook(model)`` is called on the fitted candidate before it is
     scored (tests use it to break a candidate on purpose).
     """
@@ -485,15 +479,13 @@ def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, wa
     current = Recommender.load(bundle)
     config = json.loads((bundle / "config.json").read_text())
     info_old = config.get("info", {}) or {}
-    event_types = event_types or EventTypes.from_env()
-    store = StoreView.open(db_url)
-    try:
+    event_types = event_types or EventTypes()
+    with StoreView.open(db_url, secret, bundle) as store:
         store_id = store.store_id()
         # events the bundle already contains come only from the same store
         after = int(info_old.get(LAST_EVENT_ID, 0)) if info_old.get(STORE_ID) == store_id else 0
         tlog = build_training_log(current, store, event_types, after_id=after)
-    finally:
-        store.close()
+        catalogue_updates = store.catalogue_updates()
     train_data, cases = holdout_latest(tlog.data, tlog.active_users)
     if len(cases) == 0:
         raise ValueError("nothing to retrain on: no user has a new stored event after a history "
@@ -545,34 +537,43 @@ def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, wa
         "accepted": True, "fit_seconds": fit_seconds, "warm_start": warm_start,
         "log": tlog.counts,
     }}
-    rows, fields = None, None
-    cat = read_catalogue(bundle)
-    if cat:
-        kept = set(tlog.data.item_map.raw_ids)
-        rows = [r for i, r in cat.items() if i in kept]
-        fields = list(next(iter(cat.values())).keys())
-    result.written = write_bundle_atomically(model, out, metrics, info, rows, fields)
+    rows, fields = merged_catalogue(read_catalogue(bundle), catalogue_updates)
+    extra = [bundle / "erasures.json"]  # the service merges the list on load; keep it with the bundle
+    result.written = write_bundle_atomically(model, out, metrics, info, rows, fields,
+                                             [p for p in extra if p.exists()])
     return result
 
 
-class store_ctx:
-    def __init__(self, url: str):
-        self.url = url
+def merged_catalogue(rows: dict[str, dict[str, str]], updates: Sequence) -> tuple[list[dict] | None, list[str]]:
+    """The bundle's ``items.csv`` rows with the service's catalogue changes applied.
 
-    def __enter__(self) -> StoreView:
-        self.view = StoreView.open(self.url)
-        return self.view
-
-    def __exit__(self, *exc) -> None:
-        self.view.close()
+    Items deleted from the catalogue leave it; items registered or edited
+    through the service (name, description, first category) enter or change.
+    """
+    fields = list(next(iter(rows.values())).keys()) if rows else ["item_id"]
+    rows = {k: dict(v) for k, v in rows.items()}
+    for st in updates:
+        if st.deleted:
+            rows.pop(st.item, None)
+            continue
+        row = rows.setdefault(st.item, {"item_id": st.item})
+        for name, value in (("name", st.name), ("description", st.description),
+                            ("category", st.categories[0] if st.categories else None)):
+            if value is not None:
+                row[name] = value
+                if name not in fields:
+                    fields.append(name)
+    if not rows:
+        return None, fields
+    return list(rows.values()), fields
 
 
 # ---- export --------------------------------------------------------------------------------------
 EXPORT_COLUMNS = ("user_id", "item_id", "timestamp", "event_type", "event_id")
 
 
-def export_events(db_url: str, out: Path, *, positives_only: bool = False, event_types: EventTypes | None = None,
-                  batch: int = 10_000) -> dict[str, int]:
+def export_events(db_url: str, out: Path, *, secret: bytes, positives_only: bool = False,
+                  event_types: EventTypes | None = None, batch: int = 10_000) -> dict[str, int]:
     """Stream the stored events to ``out`` (``.parquet`` or ``.csv``), ``batch`` rows at a time.
 
     Columns: ``user_id, item_id, timestamp, event_type, event_id`` (what
@@ -586,14 +587,15 @@ def export_events(db_url: str, out: Path, *, positives_only: bool = False, event
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise ValueError(f"--out must end in .parquet or .csv, got {out.name!r}")
-    event_types = event_types or EventTypes.from_env()
+    event_types = event_types or EventTypes()
     schema = pa.schema([("user_id", pa.string()), ("item_id", pa.string()), ("timestamp", pa.float64()),
                         ("event_type", pa.string()), ("event_id", pa.int64())])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     counts = {"written": 0, "deleted_user_events": 0, "not_positive": 0}
-    with store_ctx(db_url) as store:
+    with StoreView.open(db_url, secret) as store:
         is_deleted = store.deleted_user_test()
+        upto = store.last_event_id()
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -611,7 +613,7 @@ def export_events(db_url: str, out: Path, *, positives_only: bool = False, event
                     for v in cols.values():
                         v.clear()
 
-            for ev in store.events_after(0, batch):
+            for ev in store.events(0, upto, batch):
                 if is_deleted(ev.user):
                     counts["deleted_user_events"] += 1
                     continue

@@ -30,7 +30,7 @@ import numpy as np
 from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot
 from attnrec.serving.metrics import Metrics
 from attnrec.serving.settings import Settings
-from attnrec.serving.store import EventStore, user_digest
+from attnrec.serving.store import EventStore
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ class UserEntry:
         if memo is not None and memo[0] == snap.version:
             return memo[1], memo[2]
         fit = None if self.tombstoned else snap.fit_history(user)
-        through = snap.included_event_id
+        # only a user whose fit-time history is used can have stored events inside it
+        through = snap.included_event_id if fit is not None else 0
         items = self.items if not through else [i for i, e in zip(self.items, self.ids) if e > through]
         stored, _ = snap.encode_items(items)
         seq = stored if fit is None else np.concatenate([np.asarray(fit, dtype=np.int64), stored])
@@ -88,7 +89,7 @@ class RecService:
     # ---- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         s = self.settings
-        self.store = EventStore(s.resolved_database_url)
+        self.store = EventStore(s.resolved_database_url, secret=s.tombstone_secret(), timeout_s=s.db_timeout_s)
         self.store_id = self.store.store_id()
         self._deleted = self.store.deleted_digests()
         self._has_events = self.store.users_with_events()
@@ -194,7 +195,7 @@ class RecService:
         """
         if user in self._has_events:
             return None
-        digest = user_digest(user)
+        digest = self.store.digest(user)
         entry = UserEntry((), digest in self._deleted)
         self._cache[user] = entry
         if user in self._has_events or (not entry.tombstoned and digest in self._deleted):
@@ -212,7 +213,7 @@ class RecService:
             entry = self._cache.get(user)
             if entry is None:
                 stored = self.store.user_events(user)
-                entry = UserEntry(tuple(e.item for e in stored), user_digest(user) in self._deleted,
+                entry = UserEntry(tuple(e.item for e in stored), self.store.digest(user) in self._deleted,
                                   tuple(e.id for e in stored))
                 self._put(user, entry)
             return entry
@@ -230,7 +231,7 @@ class RecService:
             return False
         if entry is not None:
             return not entry.tombstoned
-        return user_digest(user) not in self._deleted
+        return self.store.digest(user) not in self._deleted
 
     def ingest(self, rows: Sequence[dict]) -> dict[str, Any]:
         """Commit events, then update cached sequences; returns the acknowledgement."""
@@ -249,7 +250,7 @@ class RecService:
         get_item, get_user = snap.item_map.get, snap.user_map.get
         unknown_items = sum(1 for r in rows if get_item(r["item_id"]) is None)
         unknown_users = sum(1 for r in rows if get_user(r["user_id"]) is None
-                            or user_digest(r["user_id"]) in self._deleted)
+                            or self.store.digest(r["user_id"]) in self._deleted)
         m = self.metrics
         m.events.inc(len(rows))
         if unknown_items:
@@ -263,7 +264,7 @@ class RecService:
         """Remove the user's events and cached state; None if the user was unknown."""
         snap = self.snap
         with self._lock:
-            digest = user_digest(user)
+            digest = self.store.digest(user)
             in_model = snap.user_map.get(user) is not None and digest not in self._deleted
             has_events = bool(self.store.user_items(user))
             if not in_model and not has_events:

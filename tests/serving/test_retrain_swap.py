@@ -11,6 +11,11 @@ from attnrec.models.base import Recommender
 from .conftest import AUTH, extend_data
 
 
+def secret(tmp_path) -> bytes:
+    """The service's secret (make_client's data_dir), as `attnrec retrain --data-dir` reads it."""
+    return (tmp_path / "data" / "secret.key").read_text().strip().encode()
+
+
 def history(client, user: str) -> list[str]:
     r = client.get(f"/users/{user}", params={"recent": 100})
     assert r.status_code == 200, r.text
@@ -30,7 +35,7 @@ def test_no_double_count_after_swap(make_client, shop_data, tmp_path, sqlite_url
         assert client.post("/events", json=ev, headers=AUTH).status_code == 201
     assert history(client, "short-user") == ["i1", "i2", "i3"]  # the current model does not know the new item
 
-    res = retrain(bundle, sqlite_url, bundle, event_types=EventTypes(), tolerance=1.0)
+    res = retrain(bundle, sqlite_url, bundle, event_types=EventTypes(), tolerance=1.0, secret=secret(tmp_path))
     assert res.accepted
     r = client.post("/admin/reload", headers=AUTH)
     assert r.status_code == 200 and r.json()["changed"], r.text
@@ -56,7 +61,8 @@ def test_bundle_ids_from_another_store_are_not_applied(make_client, shop_data, t
     c1 = make_client(bundle, other)
     for item in ("i3", "i4"):
         assert c1.post("/events", json={"user": "short-user", "item": item}, headers=AUTH).status_code == 201
-    retrain(bundle, other, tmp_path / "retrained", event_types=EventTypes(), tolerance=1.0)
+    retrain(bundle, other, tmp_path / "retrained", event_types=EventTypes(), tolerance=1.0,
+            secret=secret(tmp_path))
     c2 = make_client(tmp_path / "retrained", sqlite_url)  # a fresh store: event ids restart at 1
     assert c2.post("/events", json={"user": "short-user", "item": "i5"}, headers=AUTH).status_code == 201
     assert history(c2, "short-user") == ["i1", "i2", "i3", "i4", "i5"]
