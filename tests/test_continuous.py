@@ -372,3 +372,21 @@ def test_items_deleted_from_the_catalogue_leave_log_and_items_csv(store):
         {"a": {"item_id": "a", "name": "A"}, "b": {"item_id": "b", "name": "B"}}, view.catalogue_updates())
     assert fields == ["item_id", "name", "category"]
     assert rows == [{"item_id": "a", "name": "A"}, {"item_id": "new", "name": "New Thing", "category": "gadgets"}]
+
+
+def test_failed_write_leaves_the_current_bundle_untouched(tmp_path, monkeypatch):
+    from attnrec.continuous import write_bundle_atomically
+
+    m = tiny_bundle(BASE)
+    out = m.save(tmp_path / "b")
+    before = (out / "config.json").read_text()
+
+    def broken_save(path, metrics=None, info=None):
+        (Path(path) / "weights.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(m, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_bundle_atomically(m, out, {}, {}, None, None)
+    assert (out / "config.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary directory, no .previous
