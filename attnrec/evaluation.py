@@ -29,6 +29,7 @@ import torch
 
 from attnrec.data.dataset import EvalSet
 from attnrec.models.base import Recommender, exclusion_mask
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,16 @@ def evaluate(
     if per_case:
         result.per_case = per  # type: ignore[attr-defined]
     return result
+
+
+def validation_metric(k: int = 10) -> ValidationMetric:
+    """NDCG@k by full ranking (history items excluded): the metric models stop early on and select by."""
+    name = f"NDCG@{k}"
+    return ValidationMetric(
+        name,
+        evaluate=lambda model, evalset: evaluate(model, evalset, ks=(k,))[name],
+        of_ranks=lambda ranks: float(metrics_from_ranks(list(ranks), (k,))[name].mean()),
+    )
 
 
 def _sampled_ranks(

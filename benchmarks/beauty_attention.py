@@ -33,31 +33,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attnrec.data.dataset import SequenceData  # noqa: E402
 from attnrec.data.preprocess import load_dataset  # noqa: E402
-import attnrec.models  # noqa: E402,F401  (registry first: avoids an import cycle via evaluation)
-from attnrec.evaluation import evaluate  # noqa: E402
+from attnrec.data.splits import leave_one_out  # noqa: E402
+from attnrec.evaluation import evaluate, validation_metric  # noqa: E402
 from attnrec.models.sasrec import SASRec, training_windows  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_attention")
-
-
-def loo_split(data: SequenceData):
-    try:
-        from attnrec.data.splits import leave_one_out
-
-        return leave_one_out(data)
-    except ImportError:  # before the splits module existed
-        from attnrec.data.dataset import EvalSet, Split
-
-        seqs = data.sequences()
-        u = np.arange(len(seqs))
-        train = SequenceData.from_lists([s[:-2] for s in seqs], data.n_items)
-        full = SequenceData.from_lists([s[:-1] for s in seqs], data.n_items)
-        valid = EvalSet.from_lists(u, [s[:-2] for s in seqs], [[s[-2]] for s in seqs], "valid")
-        test = EvalSet.from_lists(u, [s[:-1] for s in seqs], [[s[-1]] for s in seqs], "test")
-        return Split(train, valid, full, test)
 
 
 # ---------------------------------------------------------------------------
@@ -188,7 +170,7 @@ def main(argv=None) -> dict:
 
     t_all = time.perf_counter()
     data = load_dataset(Path(args.data))[0]  # the library loader: ids as in the file
-    split = loo_split(data)
+    split = leave_one_out(data)
     V = data.n_items
     dtype = torch.bfloat16 if p["bf16"] else torch.float32
     thr = measure_throughput(p["d_model"], V, p["ce_chunk"], dtype)
@@ -203,7 +185,7 @@ def main(argv=None) -> dict:
 
     # 1. model selection on the validation split
     t0 = time.perf_counter()
-    model.fit(split.train, split.valid)
+    model.fit(split.train, split.valid, validation_metric())
     t_select = time.perf_counter() - t0
     best_epoch = model.best_epoch_
     valid_ndcg = model.best_metric_
@@ -215,7 +197,7 @@ def main(argv=None) -> dict:
     t_refit = 0.0
     if args.protocol == "refit":
         t0 = time.perf_counter()
-        refit = {**p, **model.refit_params(), "max_seconds": None}
+        refit = {**p, **model.refit_params()}
         if args.checkpoint_dir:
             refit["checkpoint_dir"] = str(Path(args.checkpoint_dir) / "refit")
         final = SASRec(**refit).fit(split.train_full)

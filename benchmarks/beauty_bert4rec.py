@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from attnrec.data.preprocess import load_dataset  # noqa: E402
 from attnrec.data.splits import leave_one_out  # noqa: E402
-from attnrec.evaluation import evaluate  # noqa: E402
+from attnrec.evaluation import evaluate, validation_metric  # noqa: E402
 from attnrec.models.bert4rec import BERT4Rec  # noqa: E402
 from attnrec.pipeline import fit_for_test, parse_value  # noqa: E402
 
@@ -63,7 +63,7 @@ def main(argv=None) -> dict:
         fit_for_test(model, split)
         sel = model.validation_
     else:
-        model.fit(split.train, split.valid)
+        model.fit(split.train, split.valid, validation_metric())
         sel = {"best_epoch": model.best_epoch_, "best_metric": model.best_metric_, "history": model.history_}
     t_train = time.perf_counter() - t0
     res = evaluate(model, split.test, ks=(5, 10, 20))

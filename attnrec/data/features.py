@@ -37,10 +37,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from attnrec.data.dataset import IdMap
+from attnrec.data.errors import DataError
+from attnrec.data.readers import detect_format, read_delimited_table
 
 log = logging.getLogger(__name__)
 
@@ -120,60 +121,48 @@ class RawTable:
 def read_feature_table(path: str | Path | pa.Table, sep: str | None = None) -> RawTable:
     """Read a RecBole ``.item``/``.user``, CSV/TSV or Parquet file (or wrap an Arrow table).
 
-    Delimited files are read as strings (values are parsed per column kind later,
-    so a bad value is reported, not fatal); lines with the wrong number of fields
-    are skipped and listed in ``bad_lines``.
+    The format is decided by :func:`attnrec.data.readers.detect_format` (unknown
+    extensions are read as delimited text). Delimited files are read as strings
+    (values are parsed per column kind later, so a bad value is reported, not
+    fatal); lines with the wrong number of fields are skipped and listed in
+    ``bad_lines``; a file that cannot be read at all gives an empty table.
     """
     if isinstance(path, pa.Table):
         return RawTable(path, {}, [], "<table>")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
+    fmt = detect_format(path, default="csv")
+    if fmt == "parquet":
         return RawTable(pq.read_table(path), {}, [], str(path))
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\r\n")
-    recbole = suffix in (".item", ".user") or (":" in header and "\t" in header)
-    if sep is None:
-        if recbole or suffix in (".tsv", ".tab"):
-            sep = "\t"
-        else:
-            counts = {s: header.count(s) for s in (",", "\t", ";", "|")}
-            sep = max(counts, key=counts.get) if max(counts.values()) else ","
-    bad: list[tuple[int | None, str]] = []
-
-    def on_invalid(row) -> str:
-        bad.append((row.number, row.text))
-        return "skip"
-
+    if fmt not in ("csv", "tsv", "recbole"):
+        raise DataError(f"feature files are CSV/TSV, Parquet or RecBole .item/.user; this one reads as {fmt}",
+                        path)
     try:
-        table = pcsv.read_csv(
-            path,
-            read_options=pcsv.ReadOptions(use_threads=False),  # keeps row numbers exact
-            parse_options=pcsv.ParseOptions(delimiter=sep, quote_char=False if recbole else '"',
-                                            invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(column_types=_all_strings(header, sep, recbole)),
-        )
-    except pa.ArrowInvalid as e:  # e.g. a header only, or an encoding problem
-        log.warning("%s: could not parse (%s); no features read", path, e)
-        return RawTable(pa.table({}), {}, [f"{path}: {e}"], str(path))
-    types: dict[str, str] = {}
-    if recbole:
-        names = [c.split(":", 1)[0] for c in table.column_names]
-        types = {n: (c.split(":", 1)[1] if ":" in c else "token")
-                 for n, c in zip(names, table.column_names)}
-        table = table.rename_columns(names)
-    # row.number is the physical line number (header = line 1)
-    bad_lines = [f"line {n if n is not None else '?'}: {t[:60]!r}" for n, t in bad]
-    return RawTable(table, types, bad_lines, str(path))
+        read = read_delimited_table(path, sep or ("\t" if fmt == "tsv" else None), recbole=fmt == "recbole",
+                                    on_bad_lines="skip")
+    except DataError as e:  # e.g. an empty file or an encoding problem
+        log.warning("%s; no features read", e)
+        return RawTable(pa.table({}), {}, [str(e)], str(path))
+    bad_lines = [f"line {n if n is not None else '?'}: {t[:60]!r}" for n, t, _, _ in read.invalid_lines(path)]
+    return RawTable(read.table, read.types, bad_lines, str(path))
 
 
-def _all_strings(header: str, sep: str, recbole: bool) -> dict[str, pa.DataType]:
-    import csv
+def check_feature_file(path: str | Path) -> RawTable:
+    """Read a feature file strictly: a missing, unreadable or row-less file is a :class:`DataError`.
 
-    names = header.split(sep) if recbole else next(csv.reader([header], delimiter=sep))
-    return {n.strip(): pa.string() for n in names}
+    :func:`load_features` tolerates such files (logged, no features); callers that
+    take a file from the user check it with this first, so a bad file fails
+    before any training starts instead of silently training without features.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such feature file", path)
+    raw = read_feature_table(path)
+    if raw.table.num_rows == 0:
+        why = f": {raw.bad_lines[0]}" if raw.bad_lines else ""
+        raise DataError(f"the feature file has no usable rows{why}", path)
+    return raw
 
 
 def read_vectors(path: str | Path, ids: str | Path | Sequence[str] | None = None,

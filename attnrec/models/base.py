@@ -158,8 +158,14 @@ class Recommender:
         return f"{type(self).__name__}({args})"
 
     # ---- fitting ---------------------------------------------------------
-    def fit(self, data: SequenceData, valid: Any = None) -> "Recommender":
-        """Learn from ``data`` (``valid`` is an :class:`EvalSet` for early stopping)."""
+    def fit(self, data: SequenceData, valid: Any = None, metric: Any = None) -> "Recommender":
+        """Learn from ``data``.
+
+        ``valid`` (an :class:`EvalSet`) and ``metric`` (an
+        :class:`attnrec.training.ValidationMetric`, e.g.
+        :func:`attnrec.evaluation.validation_metric`) drive early stopping and
+        validation choices in the models that make them; others ignore both.
+        """
         if data.n_interactions == 0:
             raise ValueError("cannot fit on an empty dataset (0 interactions)")
         t0 = time.perf_counter()
@@ -168,12 +174,12 @@ class Recommender:
         self.user_map_ = data.user_map
         self.train_data_ = data
         self.item_counts_ = data.item_counts().astype(np.float32)
-        self._fit(data, valid)
+        self._fit(data, valid, metric)
         self.fit_seconds_ = time.perf_counter() - t0
         log.info("%s fitted in %.1fs", type(self).__name__, self.fit_seconds_)
         return self
 
-    def _fit(self, data: SequenceData, valid: Any) -> None:  # pragma: no cover - abstract
+    def _fit(self, data: SequenceData, valid: Any, metric: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _check_fitted(self) -> None:

@@ -60,7 +60,7 @@ class MostPopular(Recommender):
     def __init__(self) -> None:
         pass
 
-    def _fit(self, data: SequenceData, valid=None) -> None:
+    def _fit(self, data: SequenceData, valid=None, metric=None) -> None:
         self.order_scores_ = self._order_scores(data)
 
     @staticmethod
@@ -104,7 +104,7 @@ class ItemKNN(Recommender):
         self.similarity = similarity
         self.shrink = shrink
 
-    def _fit(self, data: SequenceData, valid=None) -> None:
+    def _fit(self, data: SequenceData, valid=None, metric=None) -> None:
         if self.similarity not in ("cosine", "pearson"):
             raise ValueError(f"similarity must be 'cosine' or 'pearson', got {self.similarity!r}")
         X = interaction_matrix(data)  # (U, I+1)
@@ -170,7 +170,7 @@ class EASE(Recommender):
         self.l2 = l2
         self.dtype = dtype
 
-    def _fit(self, data: SequenceData, valid=None) -> None:
+    def _fit(self, data: SequenceData, valid=None, metric=None) -> None:
         if self.l2 <= 0:
             raise ValueError(f"EASE needs l2 > 0, got {self.l2}")
         dt = {"float32": torch.float32, "float64": torch.float64}[self.dtype]

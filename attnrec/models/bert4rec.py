@@ -18,7 +18,7 @@ Training (Cloze / masked item prediction, re-drawn every epoch):
   last item**, exactly the inference situation (the original paper's extra
   "mask the last item" samples), which closes the train/inference gap;
 * loss ``"ce"``: full softmax cross-entropy over the whole catalogue through the
-  fused chunked kernel (:func:`fused_linear_cross_entropy`: the
+  fused chunked kernel (:func:`attnrec.models.losses.cross_entropy`: the
   ``(N, n_items)`` logit matrix never exists in full); ``"sampled_softmax"``:
   softmax over the target and ``n_negatives`` shared uniform negatives
   (accidental hits masked).
@@ -39,18 +39,19 @@ product with the (tied) item embeddings plus a per-item output bias.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models.attention import AttentionConfig, TransformerBlock
+from attnrec.models import losses
 from attnrec.models.base import register
 from attnrec.models.neural import NeuralSequenceModel
-from attnrec.models.sasrec import fused_linear_cross_entropy
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,9 @@ def pad_right_with_mask(histories: Sequence[np.ndarray], max_len: int, mask_id: 
 class BERT4Rec(NeuralSequenceModel):
     """BERT4Rec (masked item prediction with a bidirectional transformer).
 
-    Training options (``epochs``, ``lr``, ... ``max_seconds``) go to
-    :func:`attnrec.training.train`. With ``fit(data, valid)`` training stops
-    early on validation ``NDCG@10`` and keeps the best epoch (``best_epoch_``);
+    Training options (``epochs``, ``batch_size``, ``lr``, ...: the fields of
+    :attr:`TrainConfig`) are keyword arguments too. With ``fit(data, valid, metric)``
+    training stops early on the validation metric and keeps the best epoch (``best_epoch_``);
     :meth:`refit_params` gives the settings for the final refit on train+valid
     (used by :func:`attnrec.pipeline.fit_for_test`).
 
@@ -215,6 +216,14 @@ class BERT4Rec(NeuralSequenceModel):
     without improvement (``lr_decay_patience``), since BERT4Rec's validation metric
     creeps up for many epochs and a constant rate leaves it noisy at the end.
     """
+
+    @dataclass
+    class TrainConfig(NeuralSequenceModel.TrainConfig):
+        """BERT4Rec's training defaults (the fields are its hyperparameters too)."""
+
+        batch_size: int = 64
+        lr: float = 2e-3
+        lr_decay_patience: int | None = 3
 
     #: hyperparameters that make ``fit`` take about a second on tiny data (conformance tests)
     smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=2, n_layers=1, max_len=16,
@@ -234,23 +243,8 @@ class BERT4Rec(NeuralSequenceModel):
         last_mask_crop: bool = False,
         loss: str = "ce",
         n_negatives: int = 256,
-        epochs: int = 200,
-        batch_size: int = 64,
-        lr: float = 2e-3,
-        weight_decay: float = 0.0,
-        patience: int = 10,
-        eval_every: int = 1,
-        seed: int = 0,
-        bf16: bool = False,
-        compile: bool = False,
-        num_threads: int | None = None,
-        checkpoint_dir: str | None = None,
-        resume: bool = False,
-        progress: bool = False,
-        max_seconds: float | None = None,
         ce_chunk: int = 256,
-        lr_decay_patience: int | None = 3,
-        lr_decay_epochs: tuple[int, ...] | list[int] = (),
+        **train_options: Any,
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -264,23 +258,8 @@ class BERT4Rec(NeuralSequenceModel):
         self.last_mask_crop = last_mask_crop
         self.loss = loss
         self.n_negatives = n_negatives
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.patience = patience
-        self.eval_every = eval_every
-        self.seed = seed
-        self.bf16 = bf16
-        self.compile = compile
-        self.num_threads = num_threads
-        self.checkpoint_dir = checkpoint_dir
-        self.resume = resume
-        self.progress = progress
-        self.max_seconds = max_seconds
         self.ce_chunk = ce_chunk
-        self.lr_decay_patience = lr_decay_patience
-        self.lr_decay_epochs = lr_decay_epochs
+        self._set_train_options(train_options)
 
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:
@@ -299,7 +278,7 @@ class BERT4Rec(NeuralSequenceModel):
         return BERT4RecNet(n_items, self.max_len, self._attention_config(), self.n_layers)
 
     # ---- fitting ---------------------------------------------------------
-    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+    def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         torch.manual_seed(self.seed)
         self.net_ = self._build_for_fit(data.n_items)
         starts, lens = cloze_windows(data, self.max_len)
@@ -332,21 +311,14 @@ class BERT4Rec(NeuralSequenceModel):
             h = module(inp)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             return self._loss(net.project(h[m]), seq[m])  # (N, d + 1), (N,)
 
-        self._train(batches, loss_fn, valid)
+        self._train_net(batches, loss_fn, valid, metric)
 
     def _loss(self, z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Loss for output queries ``z`` (N, d + 1) and target ids ``tgt`` (N,)."""
         W = self.net_.output_weight()  # (V + 1, d + 1)
         if self.loss == "ce":
-            dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
-            return fused_linear_cross_entropy(z.float(), W, tgt, self.ce_chunk, dtype)
-        V, N = W.shape[0] - 1, z.shape[0]
-        neg_ids = torch.randint(1, V + 1, (self.n_negatives,))  # shared uniform negatives
-        pos = (z * W[tgt]).sum(-1, keepdim=True)  # (N, 1)
-        neg = z @ W[neg_ids].T  # (N, k)
-        neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))  # accidental hits
-        logits = torch.cat([pos, neg], dim=1).float()  # (N, 1 + k)
-        return F.cross_entropy(logits, torch.zeros(N, dtype=torch.long))
+            return losses.cross_entropy(z, W, tgt, self.ce_chunk)
+        return losses.sampled_softmax(z, tgt, lambda ids: W[ids], W.shape[0] - 1, self.n_negatives)
 
     # ---- inference -------------------------------------------------------
     @torch.no_grad()

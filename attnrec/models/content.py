@@ -44,6 +44,7 @@ from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.data.features import FeatureSchema, FeatureTable, load_features
 from attnrec.models.base import Recommender, register
 from attnrec.models.sasrec import SASRec, SASRecNet
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +296,7 @@ class ContentSASRec(_ContentMixin, SASRec):
             net.counts = torch.as_tensor(counts, dtype=torch.float32)
         return net
 
-    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+    def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         self._owns_item_map = False
         table, new_rows = self._load_catalogue(data)
         text = self._text_matrix(table) if self.use_features is None or \
@@ -304,7 +305,7 @@ class ContentSASRec(_ContentMixin, SASRec):
         self.content_spec_ = content_spec(table, text.shape[1], self.use_features)
         self._fit_inputs = (table, text, data.item_counts().astype(np.float32))
         try:
-            super()._fit(data, valid)
+            super()._fit(data, valid, metric)
         finally:
             self._fit_inputs = None
         if new_rows is not None and new_rows.num_rows:
@@ -406,7 +407,7 @@ class TextSimilarity(_ContentMixin, Recommender):
         self.last_n = last_n
         self.decay = decay
 
-    def _fit(self, data: SequenceData, valid: Any = None) -> None:
+    def _fit(self, data: SequenceData, valid: Any = None, metric: Any = None) -> None:
         self._owns_item_map = False
         table, new_rows = self._load_catalogue(data)
         self.features_ = table

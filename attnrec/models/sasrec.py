@@ -63,8 +63,10 @@ import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models.attention import AttentionConfig, TransformerBlock
+from attnrec.models import losses
 from attnrec.models.base import register
 from attnrec.models.neural import NeuralSequenceModel
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -158,63 +160,6 @@ class SASRecNet(nn.Module):
         return (x, weights) if need_weights else x
 
 
-class _FusedLinearCE(torch.autograd.Function):
-    """Mean softmax cross-entropy of ``h @ W.T`` computed chunk by chunk.
-
-    Forward computes the loss *and* both gradients per chunk of rows (the
-    softmax of a chunk stays in cache and the full logit matrix is never
-    stored); backward only scales them. ``W`` row 0 is padding and excluded.
-    """
-
-    @staticmethod
-    def forward(ctx, h, W, targets, chunk: int, dtype: torch.dtype):  # type: ignore[override]
-        with torch.autocast("cpu", enabled=False):
-            N = h.shape[0]
-            Wi = W[1:].detach().to(dtype)  # (V, d)
-            hd = h.detach().to(dtype)  # (N, d)
-            tgt = (targets - 1)[:, None]  # (N, 1)
-            gh = torch.empty(h.shape, dtype=torch.float32)
-            gW = torch.zeros(Wi.shape, dtype=torch.float32)
-            loss = torch.zeros((), dtype=torch.float64)
-            for s in range(0, N, chunk):
-                hc = hd[s : s + chunk]  # (n, d)
-                tc = tgt[s : s + chunk]
-                p = (hc @ Wi.T).float()  # (n, V) logits
-                m = p.amax(dim=1, keepdim=True)
-                p.sub_(m).exp_()
-                z = p.sum(dim=1, keepdim=True)
-                pt = p.gather(1, tc)  # exp(logit_target - m)
-                loss += float((z.log() - pt.clamp_min(1e-30).log()).sum())
-                p.div_(z)  # softmax
-                p.scatter_add_(1, tc, torch.full_like(pt, -1.0))  # d loss / d logits
-                g = p.to(dtype)
-                gh[s : s + chunk] = (g @ Wi).float()  # (n, d)
-                if dtype == torch.float32:
-                    gW.addmm_(g.T, hc)  # (V, d)
-                else:
-                    gW.add_((g.T @ hc).float())
-            inv = 1.0 / max(1, N)
-            gh.mul_(inv)
-            gW.mul_(inv)
-            ctx.save_for_backward(gh, gW)
-            ctx.w_shape = W.shape
-            ctx.h_dtype, ctx.w_dtype = h.dtype, W.dtype
-            return (loss * inv).to(torch.float32)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        gh, gW = ctx.saved_tensors
-        gWfull = torch.zeros(ctx.w_shape, dtype=torch.float32)
-        gWfull[1:] = gW
-        return (gh * grad_out).to(ctx.h_dtype), (gWfull * grad_out).to(ctx.w_dtype), None, None, None
-
-
-def fused_linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
-                               chunk: int = 256, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Mean cross-entropy of the logits ``h @ W[1:].T`` against ``targets`` (ids 1..V)."""
-    return _FusedLinearCE.apply(h, W, targets, chunk, dtype)
-
-
 # --------------------------------------------------------------------------
 # batching
 # --------------------------------------------------------------------------
@@ -259,9 +204,9 @@ class SASRec(NeuralSequenceModel):
     resolves at fit time (``dropout_``) to 0.5 when the mean training sequence
     is shorter than 20 items (sparse data such as Amazon categories) and to 0.2
     otherwise (dense data such as MovieLens), following the SASRec paper. Training options
-    (``epochs``, ``lr``, ... ``num_threads``) are passed to
-    :func:`attnrec.training.train`. With ``fit(data, valid)`` training stops
-    early on validation ``NDCG@10`` and keeps the best epoch (``best_epoch_``);
+    (``epochs``, ``batch_size``, ``lr``, ...: the fields of :attr:`TrainConfig`)
+    are keyword arguments too. With ``fit(data, valid, metric)`` training stops
+    early on the validation metric and keeps the best epoch (``best_epoch_``);
     the recommended final protocol refits on train+valid for that many epochs
     (:meth:`refit_params`).
     """
@@ -286,24 +231,9 @@ class SASRec(NeuralSequenceModel):
         n_negatives: int = 256,
         negative_sampling: str = "uniform",
         gbce_t: float = 0.75,
-        epochs: int = 200,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        patience: int = 10,
-        eval_every: int = 1,
-        seed: int = 0,
-        bf16: bool = False,
-        compile: bool = False,
-        num_threads: int | None = None,
-        checkpoint_dir: str | None = None,
-        resume: bool = False,
-        progress: bool = False,
-        max_seconds: float | None = None,
         ce_chunk: int = 256,
         sparse_grad: bool | str = "auto",
-        lr_decay_patience: int | None = None,
-        lr_decay_epochs: tuple[int, ...] | list[int] = (),
+        **train_options: Any,
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -321,24 +251,9 @@ class SASRec(NeuralSequenceModel):
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
         self.gbce_t = gbce_t
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.patience = patience
-        self.eval_every = eval_every
-        self.seed = seed
-        self.bf16 = bf16
-        self.compile = compile
-        self.num_threads = num_threads
-        self.checkpoint_dir = checkpoint_dir
-        self.resume = resume
-        self.progress = progress
-        self.max_seconds = max_seconds
         self.ce_chunk = ce_chunk
-        self.lr_decay_patience = lr_decay_patience
-        self.lr_decay_epochs = lr_decay_epochs
         self.sparse_grad = sparse_grad
+        self._set_train_options(train_options)
 
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:
@@ -382,7 +297,7 @@ class SASRec(NeuralSequenceModel):
         return bool(self.sparse_grad)
 
     # ---- fitting ---------------------------------------------------------
-    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+    def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         torch.manual_seed(self.seed)
         # "auto" dropout: the SASRec paper's values, 0.5 on sparse data with short
         # sequences (Amazon categories), 0.2 on dense data with long ones (MovieLens)
@@ -427,7 +342,7 @@ class SASRec(NeuralSequenceModel):
             h = module(seq)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             return self._loss(h[mask], tgt[mask])  # (N, d), (N,)
 
-        self._train(batches, loss_fn, valid)
+        self._train_net(batches, loss_fn, valid, metric)
         self.n_train_targets_ = int(lens.sum())
 
     def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -435,36 +350,13 @@ class SASRec(NeuralSequenceModel):
         W = self.net_.output_weight()  # (V + 1, d)
         V = W.shape[0] - 1
         if self.loss == "ce":
-            dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
-            return fused_linear_cross_entropy(h.float(), W, tgt, self.ce_chunk, dtype)
+            return losses.cross_entropy(h, W, tgt, self.ce_chunk)
         rows = self.net_.output_rows  # gathers, so that sparse gradients stay sparse
-        pos = (h * rows(tgt)).sum(-1)  # (N,)
-        N = h.shape[0]
         if self.loss == "bce":
-            neg_ids = torch.randint(1, V + 1, (N,))
-            neg = (h * rows(neg_ids)).sum(-1)
-            return -(F.logsigmoid(pos) + F.logsigmoid(-neg)).mean()
-        k = self.n_negatives
+            return losses.bce(h, tgt, rows, V)
         if self.loss == "gbce":
-            neg_ids = torch.randint(1, V + 1, (N, k))
-            neg = torch.einsum("nd,nkd->nk", h, rows(neg_ids))  # (N, k)
-            a = k / max(1, V - 1)
-            beta = a * (self.gbce_t * (1 - 1 / a) + 1 / a)
-            return -(beta * F.logsigmoid(pos) + F.logsigmoid(-neg).sum(-1)).mean() / (1 + k)
-        # sampled softmax with logQ correction, negatives shared by the batch
-        if self._neg_probs is None:
-            neg_ids = torch.randint(1, V + 1, (k,))
-            logq_neg = torch.full((k,), math.log(k / V))
-            logq_pos = torch.full((N,), math.log(k / V))
-        else:
-            neg_ids = torch.multinomial(self._neg_probs, k, replacement=True) + 1
-            lp = torch.log(self._neg_probs.float().clamp_min(1e-12) * k)
-            logq_neg, logq_pos = lp[neg_ids - 1], lp[tgt - 1]
-        neg = h @ rows(neg_ids).T  # (N, k)
-        neg = neg - logq_neg[None, :]
-        neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))  # accidental hits
-        logits = torch.cat([(pos - logq_pos)[:, None], neg], dim=1).float()  # (N, 1 + k)
-        return F.cross_entropy(logits, torch.zeros(N, dtype=torch.long))
+            return losses.gbce(h, tgt, rows, V, self.n_negatives, self.gbce_t)
+        return losses.sampled_softmax(h, tgt, rows, V, self.n_negatives, self._neg_probs)
 
     # ---- inference -------------------------------------------------------
     @torch.no_grad()

@@ -7,13 +7,11 @@ one response and requests in flight finish on the model they started with.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import importlib
 import logging
 import threading
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnrec.data.catalogue import CatalogueEntry, read_catalogue
 from attnrec.models.base import Recommender, top_k
 
 log = logging.getLogger(__name__)
@@ -30,13 +29,6 @@ NEG_INF = float("-inf")
 
 class BadRequest(ValueError):
     """A request that is well-formed but cannot be served as asked (422)."""
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    name: str | None
-    category: str | None
-    description: str | None
 
 
 def bundle_version(path: Path, config: dict) -> str:
@@ -52,19 +44,6 @@ def bundle_version(path: Path, config: dict) -> str:
                 h.update(chunk)
     saved = str(config.get("saved_at", "unsaved")).replace(":", "").replace("-", "")
     return f"{config.get('model', 'model')}-{saved}-{h.hexdigest()[:12]}"
-
-
-def read_catalogue(path: Path) -> dict[str, CatalogueEntry]:
-    cat: dict[str, CatalogueEntry] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "item_id" not in reader.fieldnames:
-            raise ValueError(f"{path}: items.csv needs an item_id column")
-        for row in reader:
-            cat[row["item_id"]] = CatalogueEntry(
-                row.get("name") or None, row.get("category") or None, row.get("description") or None
-            )
-    return cat
 
 
 class MicroBatcher:

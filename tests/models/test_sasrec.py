@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.evaluation import evaluate
+from attnrec.evaluation import evaluate, validation_metric
 from attnrec.models.base import Recommender
-from attnrec.models.sasrec import SASRec, fused_linear_cross_entropy, training_windows
+from attnrec.models.losses import fused_linear_cross_entropy
+from attnrec.models.sasrec import SASRec, training_windows
 
 N_PRODUCTS = 10
 N_ITEMS = 60  # products 1..10, accessories 11..20, fillers 21..60
@@ -110,10 +111,30 @@ def test_save_load_round_trip(trained, tmp_path):
     assert loaded.history_ == trained.history_
 
 
+def test_bundle_with_flat_params_of_an_older_version_loads(trained, tmp_path):
+    import json
+
+    path = trained.save(tmp_path / "b")
+    cfg = json.loads((path / "config.json").read_text())
+    # bundles written before betas, grad_clip and lr_decay_factor were hyperparameters
+    for name in ("betas", "grad_clip", "lr_decay_factor"):
+        del cfg["params"][name]
+    (path / "config.json").write_text(json.dumps(cfg))
+    loaded = Recommender.load(path)
+    assert loaded.get_params()["betas"] == (0.9, 0.98) and loaded.lr == trained.lr
+    hs = [np.array([1, 30, 22])]
+    assert torch.equal(trained.score(hs), loaded.score(hs))
+
+
+def test_validation_without_a_metric_is_refused():
+    with pytest.raises(ValueError, match="SASRec.fit got valid= without metric="):
+        SASRec(**FAST, epochs=1).fit(planted(20), probe_set(10))
+
+
 def test_early_stopping_keeps_best_epoch():
     data = planted(200)
     valid = probe_set(100, seed=3)
-    m = SASRec(**FAST, epochs=30, patience=2).fit(data, valid)
+    m = SASRec(**FAST, epochs=30, patience=2).fit(data, valid, validation_metric())
     best = max(h["NDCG@10"] for h in m.history_)
     assert m.best_metric_ == best
     assert m.history_[m.best_epoch_ - 1]["NDCG@10"] == best
