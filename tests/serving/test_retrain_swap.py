@@ -34,6 +34,9 @@ def test_no_double_count_after_swap(make_client, shop_data, tmp_path, sqlite_url
     for ev in new_events:
         assert client.post("/events", json=ev, headers=AUTH).status_code == 201
     assert history(client, "short-user") == ["i1", "i2", "i3"]  # the current model does not know the new item
+    gone = data.user_map.to_raw(0)
+    assert client.delete(f"/users/{gone}", headers=AUTH).status_code == 200
+    assert client.post("/events", json={"user": gone, "item": "i7"}, headers=AUTH).status_code == 201
 
     res = retrain(bundle, sqlite_url, bundle, event_types=EventTypes(), tolerance=1.0, secret=secret(tmp_path))
     assert res.accepted
@@ -50,7 +53,11 @@ def test_no_double_count_after_swap(make_client, shop_data, tmp_path, sqlite_url
     new = Recommender.load(bundle)
     assert "brand-new-item" in new.item_map_
     info = json.loads((bundle / "config.json").read_text())["info"]
-    assert info["last_event_id"] == len(new_events)
+    assert info["last_event_id"] == len(new_events) + 1
+    # the deleted user is not in the new bundle; what they posted after the deletion is served from the store
+    assert gone not in new.user_map_
+    body = client.get(f"/users/{gone}", params={"recent": 100}).json()
+    assert body["recent_items"] == ["i7"] and body["known_to_model"] is False
 
 
 def test_bundle_ids_from_another_store_are_not_applied(make_client, shop_data, tmp_path, sqlite_url):
