@@ -44,6 +44,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from attnrec.data.catalogue import Catalogue, CatalogueEntry
 from attnrec.data.dataset import IdMap, SequenceData
 from attnrec.models.base import Recommender, exclusion_mask
 
@@ -399,26 +400,20 @@ def warm_start_state(current: Recommender, new_items: IdMap) -> dict[str, torch.
 
 # ---- writing -----------------------------------------------------------------------------------
 def write_bundle_atomically(model: Recommender, out: Path, metrics: dict, info: dict,
-                            catalogue_rows: Iterable[dict] | None, catalogue_fields: Sequence[str] | None,
-                            extra_files: Sequence[Path] = ()) -> Path:
+                            catalogue: Catalogue | None = None, extra_files: Sequence[Path] = ()) -> Path:
     """Write the bundle into a temporary sibling directory, then rename it to ``out``.
 
     If ``out`` exists it is moved to ``<out>.previous`` first (one rename each
     way; the service keeps serving the bundle it loaded meanwhile, and its
     watcher reloads when the new ``config.json`` appears).
     """
-    import csv
+    from attnrec.pipeline import save_bundle
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save(tmp, metrics=metrics, info=info)
-        if catalogue_rows is not None and catalogue_fields:
-            with open(tmp / "items.csv", "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=list(catalogue_fields), extrasaction="ignore")
-                w.writeheader()
-                w.writerows(catalogue_rows)
+        save_bundle(model, tmp, metrics=metrics, info=info, catalogue=catalogue)
         for f in extra_files:
             shutil.copyfile(f, tmp / f.name)
         for p in tmp.iterdir():  # the data is on disk before the rename makes it visible
@@ -469,7 +464,8 @@ def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, wa
     ``candidate_hook(model)`` is called on the fitted candidate before it is
     scored (tests use it to break a candidate on purpose).
     """
-    from attnrec.pipeline import build_model, read_catalogue
+    from attnrec.data.catalogue import read_catalogue
+    from attnrec.pipeline import build_model
 
     if tolerance < 0 or not math.isfinite(tolerance):
         raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
@@ -537,35 +533,30 @@ def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, wa
         "accepted": True, "fit_seconds": fit_seconds, "warm_start": warm_start,
         "log": tlog.counts,
     }}
-    rows, fields = merged_catalogue(read_catalogue(bundle), catalogue_updates)
+    catalogue = merged_catalogue(read_catalogue(bundle), catalogue_updates)
     extra = [bundle / "erasures.json"]  # the service merges the list on load; keep it with the bundle
-    result.written = write_bundle_atomically(model, out, metrics, info, rows, fields,
+    result.written = write_bundle_atomically(model, out, metrics, info, catalogue,
                                              [p for p in extra if p.exists()])
     return result
 
 
-def merged_catalogue(rows: dict[str, dict[str, str]], updates: Sequence) -> tuple[list[dict] | None, list[str]]:
-    """The bundle's ``items.csv`` rows with the service's catalogue changes applied.
+def merged_catalogue(catalogue: Catalogue, updates: Sequence) -> Catalogue:
+    """The bundle's catalogue with the service's changes applied.
 
     Items deleted from the catalogue leave it; items registered or edited
     through the service (name, description, first category) enter or change.
     """
-    fields = list(next(iter(rows.values())).keys()) if rows else ["item_id"]
-    rows = {k: dict(v) for k, v in rows.items()}
+    out = dict(catalogue)
     for st in updates:
         if st.deleted:
-            rows.pop(st.item, None)
+            out.pop(st.item, None)
             continue
-        row = rows.setdefault(st.item, {"item_id": st.item})
-        for name, value in (("name", st.name), ("description", st.description),
-                            ("category", st.categories[0] if st.categories else None)):
-            if value is not None:
-                row[name] = value
-                if name not in fields:
-                    fields.append(name)
-    if not rows:
-        return None, fields
-    return list(rows.values()), fields
+        old = out.get(st.item, CatalogueEntry(None, None, None))
+        out[st.item] = CatalogueEntry(
+            st.name if st.name is not None else old.name,
+            st.categories[0] if st.categories else old.category,
+            st.description if st.description is not None else old.description)
+    return out
 
 
 # ---- export --------------------------------------------------------------------------------------

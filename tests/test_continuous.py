@@ -227,10 +227,15 @@ def test_guard_refuses_a_broken_candidate(served, tmp_path):
 
 
 def test_retrain_in_place_keeps_the_previous_bundle(served):
+    from attnrec.data.catalogue import read_catalogue
+
     bundle, url, _ = served
+    (bundle / "items.csv").write_text("item_id,name,category\ni1,One,c1\ni2,Two,c2\n")
     before = (bundle / "config.json").read_text()
     res = retrain(bundle, url, bundle, event_types=EventTypes(), secret=SECRET)
     assert res.accepted
+    assert {k: (e.name, e.category) for k, e in read_catalogue(bundle).items()} == {"i1": ("One", "c1"),
+                                                                                 "i2": ("Two", "c2")}
     assert (bundle.with_name(bundle.name + ".previous") / "config.json").read_text() == before
     assert json.loads((bundle / "config.json").read_text())["info"]["last_event_id"] > 0
     assert not [p for p in bundle.parent.iterdir() if ".tmp-" in p.name]  # no temporary left behind
@@ -359,6 +364,7 @@ def test_retrain_command_prints_both_figures_and_refuses_with_exit_1(served, tmp
 
 def test_items_deleted_from_the_catalogue_leave_log_and_items_csv(store):
     from attnrec.continuous import merged_catalogue
+    from attnrec.data.catalogue import CatalogueEntry
 
     add(store, ("u1", "c", 30.0, None), ("u2", "b", 31.0, None), ("u2", "new", 32.0, None))
     store.upsert_item("b", deleted=True)
@@ -368,10 +374,9 @@ def test_items_deleted_from_the_catalogue_leave_log_and_items_csv(store):
     assert "b" not in tlog.data.item_map
     assert user_log(tlog.data, "u1") == ["a", "c"] and user_log(tlog.data, "u3") == ["c"]
     assert tlog.counts["deleted_item_events"] == 3  # u1's and u3's fit-time b, u2's stored b
-    rows, fields = merged_catalogue(
-        {"a": {"item_id": "a", "name": "A"}, "b": {"item_id": "b", "name": "B"}}, view.catalogue_updates())
-    assert fields == ["item_id", "name", "category"]
-    assert rows == [{"item_id": "a", "name": "A"}, {"item_id": "new", "name": "New Thing", "category": "gadgets"}]
+    cat = merged_catalogue({"a": CatalogueEntry("A", "x", "about a"), "b": CatalogueEntry("B", None, None)},
+                           view.catalogue_updates())
+    assert cat == {"a": CatalogueEntry("A", "x", "about a"), "new": CatalogueEntry("New Thing", "gadgets", None)}
 
 
 def test_failed_write_leaves_the_current_bundle_untouched(tmp_path, monkeypatch):
@@ -387,6 +392,6 @@ def test_failed_write_leaves_the_current_bundle_untouched(tmp_path, monkeypatch)
 
     monkeypatch.setattr(m, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        write_bundle_atomically(m, out, {}, {}, None, None)
+        write_bundle_atomically(m, out, {}, {})
     assert (out / "config.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary directory, no .previous
