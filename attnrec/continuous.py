@@ -195,7 +195,6 @@ def build_training_log(bundle: Recommender, store: StoreView, event_types: Event
             item_remap[dense] = items.add(raw)
     ts_all = fit.timestamps
     n_fit = fit.n_interactions
-    order_base = 0
     for u, raw_user in enumerate(fit.user_map.raw_ids):
         lo, hi = int(fit.indptr[u]), int(fit.indptr[u + 1])
         if is_deleted(raw_user):

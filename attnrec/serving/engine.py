@@ -109,9 +109,11 @@ class ModelSnapshot:
         self.model_name = getattr(model, "model_name", type(model).__name__)
         # the stored events this bundle already contains (written by `attnrec retrain`):
         # only later ones are appended to a user's fit-time history
+        from attnrec.continuous import LAST_EVENT_ID, STORE_ID
+
         info = config.get("info") or {}
-        self.event_store_id: str | None = info.get("event_store_id")
-        self.last_event_id = int(info.get("last_event_id") or 0)
+        self.event_store_id: str | None = info.get(STORE_ID)
+        self.last_event_id = int(info.get(LAST_EVENT_ID) or 0)
         self.included_event_id = 0  # set by bind_store before the snapshot is served
         counts = np.asarray(model.item_counts_, dtype=np.float32)
         self.item_counts = counts
