@@ -475,6 +475,8 @@ def serve(
     dev: bool = typer.Option(False, "--dev", help="Local development: allow write endpoints without an API key."),
     index: Optional[str] = typer.Option(
         None, "--index", help="Top-k retrieval: auto (exact up to 100k items, FAISS IVF above), exact, hnsw, ivf."),
+    workers: int = typer.Option(1, "--workers", min=1,
+                                help="Worker processes sharing the database (PostgreSQL for real traffic)."),
 ) -> None:
     """Serve a bundle over HTTP with live events and explanations (OpenAPI docs at /docs)."""
     if index is not None and index not in INDEX_KINDS:
@@ -483,7 +485,8 @@ def serve(
         from attnrec.serving import run
     except ImportError as e:
         _fail(f"the service needs the 'serve' extra: pip install 'attnrec[serve]' ({e})")
-    _guard(run, model=model, db=db, host=host, port=port, data_dir=data_dir, dev=dev, index=index)
+    _guard(run, model=model, db=db, host=host, port=port, data_dir=data_dir, dev=dev, index=index,
+           workers=workers)
 
 
 def main() -> None:  # pragma: no cover

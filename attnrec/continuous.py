@@ -47,6 +47,7 @@ import torch
 from attnrec.data.catalogue import Catalogue, CatalogueEntry
 from attnrec.data.dataset import IdMap, SequenceData
 from attnrec.models.base import Recommender, exclusion_mask
+from attnrec.serving.feedback import EventTypes  # the service's rule for what an event type means
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +55,6 @@ log = logging.getLogger(__name__)
 LAST_EVENT_ID = "last_event_id"
 STORE_ID = "event_store_id"
 GUARD_METRIC = "NDCG@10"
-
-
-# ---- event types -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EventTypes:
-    """Declared event types and their weights (the service's ``ATTNREC_EVENT_TYPES``).
-
-    Positive weight: positive feedback (trained on); negative: negative feedback;
-    0: exclude-only (impressions, reads). An event without a type, or of a type
-    not (or no longer) declared, is positive, as it is for the service.
-    """
-
-    weights: Mapping[str, float] = field(default_factory=dict)
-
-    def is_positive(self, event_type: str | None) -> bool:
-        """Whether an event of this type is trained on as a positive interaction."""
-        w = self.weights.get(event_type) if event_type is not None else None
-        return w is None or w > 0
 
 
 def service_secret_and_types(database_url: str | None, data_dir: Path | None) -> tuple[bytes, EventTypes]:

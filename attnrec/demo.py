@@ -11,6 +11,7 @@ import numpy as np
 from attnrec.data.catalogue import read_catalogue
 from attnrec.data.preprocess import load_dataset
 from attnrec.data.synthetic import generate
+from attnrec.explain import explain
 from attnrec.models.base import available_models
 from attnrec.pipeline import (
     DEFAULT_PROTOCOL,
@@ -92,13 +93,12 @@ def _examples(model, rules: dict[str, str], catalogue: dict, n_examples: int):
     ids, scores = model.recommend(histories, k=10)
     hits = [rules[last_raw[u]] in {imap.to_raw(int(i)) for i in ids[u] if i} for u in triggered]
     hit_rate = float(np.mean(hits)) if hits else float("nan")
-    explain = _explainer()
     examples = []
     for u in triggered[:n_examples]:
         h = histories[u]
         recs = [(imap.to_raw(int(i)), name(imap.to_raw(int(i))), float(s)) for i, s in zip(ids[u][:5], scores[u][:5]) if i]
         because = []
-        if explain is not None and recs:
+        if recs:
             try:
                 top = imap.to_dense(recs[0][0])
                 for _, item, w in sorted(explain(model, h, top), key=lambda t: -t[2])[:3]:
@@ -115,11 +115,3 @@ def _examples(model, rules: dict[str, str], catalogue: dict, n_examples: int):
             )
         )
     return examples, hit_rate
-
-
-def _explainer():
-    try:
-        from attnrec.explain import explain
-    except ImportError:
-        return None
-    return explain

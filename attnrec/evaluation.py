@@ -216,21 +216,3 @@ def _sampled_ranks(
             ranks.append(1 + float((row[neg] > st).sum()))
         out.append(np.array(ranks))
     return out
-
-
-def format_table(results: dict[str, EvalResult], keys: Sequence[str] | None = None) -> str:
-    """A plain-text comparison table (rows = models)."""
-    if not results:
-        return ""
-    first = next(iter(results.values()))
-    keys = list(keys) if keys else list(first.metrics)
-    width = max(len(m) for m in results) + 2
-    header = "model".ljust(width) + "".join(k.rjust(max(10, len(k) + 2)) for k in keys)
-    lines = [header]
-    for name, res in results.items():
-        row = name.ljust(width)
-        for k in keys:
-            v = res.metrics.get(k, float("nan"))
-            row += f"{v:.4f}".rjust(max(10, len(k) + 2)) if abs(v) < 100 else f"{v:.1f}".rjust(max(10, len(k) + 2))
-        lines.append(row)
-    return "\n".join(lines)

@@ -30,15 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attnrec.benchmarking import load_split
+from attnrec.evaluation import evaluate, validation_metric
+from attnrec.models.batching import training_windows
+from attnrec.models.sasrec import SASRec
 
-from attnrec.data.preprocess import load_dataset  # noqa: E402
-from attnrec.data.splits import leave_one_out  # noqa: E402
-from attnrec.evaluation import evaluate, validation_metric  # noqa: E402
-from attnrec.models.sasrec import SASRec, training_windows  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_attention")
 
 
@@ -114,7 +110,7 @@ def epoch_flops(lens: np.ndarray, d: int, n_layers: int, V: int, loss: str, n_ne
 # ---------------------------------------------------------------------------
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default="beauty", help="a shared dataset name or an interaction file")
     ap.add_argument("--loss", choices=["ce", "sampled_softmax", "bce", "gbce"])
     ap.add_argument("--similarity", choices=["dot", "cosine", "pearson"])
     ap.add_argument("--top-k", type=int)
@@ -169,8 +165,7 @@ def main(argv=None) -> dict:
     p = model.get_params()
 
     t_all = time.perf_counter()
-    data = load_dataset(Path(args.data))[0]  # the library loader: ids as in the file
-    split = leave_one_out(data)
+    data, split = load_split(args.data)  # the library loader: ids as in the file
     V = data.n_items
     dtype = torch.bfloat16 if p["bf16"] else torch.float32
     thr = measure_throughput(p["d_model"], V, p["ce_chunk"], dtype)

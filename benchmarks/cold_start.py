@@ -28,34 +28,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from attnrec.data.dataset import EvalSet, SequenceData, Split  # noqa: E402
-from attnrec.evaluation import evaluate, metrics_from_ranks, ranks_of_targets  # noqa: E402
-from attnrec.models.base import exclusion_mask  # noqa: E402
-from attnrec.pipeline import build_model, fit_for_test, make_split  # noqa: E402
-import attnrec.models.content  # noqa: E402,F401  (registers sasrec-content, text-sim)
+import attnrec.models.content  # noqa: F401  (registers sasrec-content, text-sim)
+from attnrec import benchmarking
+from attnrec.data.dataset import EvalSet, SequenceData, Split
+from attnrec.evaluation import evaluate, metrics_from_ranks, ranks_of_targets
+from attnrec.models.base import exclusion_mask
+from attnrec.pipeline import build_model, fit_for_test, make_split
 
 log = logging.getLogger("cold_start")
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def load(name: str, seed: int):
     """``(data, catalogue source, text columns)``."""
     if name == "ml-100k":
-        from attnrec.data import load_dataset
-
-        data, _ = load_dataset(SHARED / "ml-100k" / "ml-100k.inter")
-        return data, str(SHARED / "ml-100k" / "ml-100k.item"), ["movie_title", "class",
-                                                                "release_year"]
+        return benchmarking.load(name), str(benchmarking.side_file(name, ".item")), [
+            "movie_title", "class", "release_year"]
     if name == "synthetic":
         from attnrec.data.synthetic import generate
 

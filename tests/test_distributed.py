@@ -34,11 +34,11 @@ def make_problem(sparse_grad: bool = False):
     must equal dense AdamW's (weight decay 0).
     """
     from attnrec.models.attention import AttentionConfig
-    from attnrec.models.sasrec import SASRecNet
+    from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 
     torch.manual_seed(0)
-    net = SASRecNet(30, 6, AttentionConfig(d_model=16, n_heads=2, dropout=0.0), n_layers=1,
-                    sparse_grad=sparse_grad)
+    net = SASRecNet(SASRecConfig(30, max_len=6, n_layers=1, sparse_grad=sparse_grad,
+                                 attention=AttentionConfig(d_model=16, n_heads=2, dropout=0.0)))
     g = torch.Generator().manual_seed(1)
     seqs = torch.randint(1, 31, (64, 7), generator=g)
 

@@ -1,7 +1,7 @@
 """The item catalogue: display name, category and description per raw item id.
 
 One reader for every format the feature reader accepts (RecBole ``.item``,
-CSV/TSV, Parquet: :func:`attnrec.data.features.read_feature_table`). Columns are
+CSV/TSV, Parquet: :func:`attnrec.data.features.check_feature_file`). Columns are
 matched by role, not by one fixed header: the id column is found like a feature
 file's (``item_id``, ``id``, ``movie_id``, ``asin``, ...), the name is the first of
 ``name``/``title``/``movie_title``/..., the category the first of
@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from attnrec.data.errors import DataError
-from attnrec.data.features import ID_COLUMNS, read_feature_table
+from attnrec.data.features import ID_COLUMNS, check_feature_file
 
 ITEM_ID_COLUMNS = tuple(c for c in ID_COLUMNS if "user" not in c)
 NAME_COLUMNS = ("name", "title", "movie_title", "product_name", "item_name")
@@ -71,13 +71,8 @@ def read_catalogue(path: str | Path) -> Catalogue:
         path = path / "items.csv"
         if not path.exists():
             return {}
-    if not path.is_file():
-        raise DataError("no such item catalogue file", path)
-    raw = read_feature_table(path)
+    raw = check_feature_file(path, "item catalogue file")
     names = raw.table.column_names
-    if raw.table.num_rows == 0:
-        why = f" ({raw.bad_lines[0]})" if raw.bad_lines else ""
-        raise DataError(f"the item catalogue has no rows{why}", path)
     id_col = _first(names, ITEM_ID_COLUMNS)
     if id_col is None:
         raise DataError(

@@ -141,14 +141,13 @@ def read_feature_table(path: str | Path | pa.Table, sep: str | None = None) -> R
     try:
         read = read_delimited_table(path, sep or ("\t" if fmt == "tsv" else None), recbole=fmt == "recbole",
                                     on_bad_lines="skip")
-    except DataError as e:  # e.g. an empty file or an encoding problem
-        log.warning("%s; no features read", e)
-        return RawTable(pa.table({}), {}, [str(e)], str(path))
+    except DataError as e:  # e.g. an empty file or an encoding problem: no rows, reported
+        return RawTable(pa.table({}), {}, [e.message], str(path))
     bad_lines = [f"line {n if n is not None else '?'}: {t[:60]!r}" for n, t, _, _ in read.invalid_lines(path)]
     return RawTable(read.table, read.types, bad_lines, str(path))
 
 
-def check_feature_file(path: str | Path) -> RawTable:
+def check_feature_file(path: str | Path, what: str = "feature file") -> RawTable:
     """Read a feature file strictly: a missing, unreadable or row-less file is a :class:`DataError`.
 
     :func:`load_features` tolerates such files (logged, no features); callers that
@@ -157,11 +156,11 @@ def check_feature_file(path: str | Path) -> RawTable:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError("no such feature file", path)
+        raise DataError(f"no such {what}", path)
     raw = read_feature_table(path)
     if raw.table.num_rows == 0:
-        why = f": {raw.bad_lines[0]}" if raw.bad_lines else ""
-        raise DataError(f"the feature file has no usable rows{why}", path)
+        why = f" ({raw.bad_lines[0]})" if raw.bad_lines else ""
+        raise DataError(f"the {what} has no usable rows{why}", path)
     return raw
 
 
@@ -605,15 +604,6 @@ class FeatureTable:
         for i in range(self.n_rows):
             parts = [self.raw[c][i] for c in columns if c in self.raw and self.raw[c][i]]
             out.append(sep.join(parts))
-        return out
-
-    def multi_hot(self, column: str) -> np.ndarray:
-        """``(n_rows, vocab + 1)`` 0/1 matrix of a categorical column (column 0 = none)."""
-        a = self.categorical[column]
-        out = np.zeros((self.n_rows, len(self.schema.vocab[column]) + 1), np.float32)
-        rows = np.repeat(np.arange(self.n_rows), a.shape[1])
-        out[rows, a.reshape(-1)] = 1.0
-        out[:, 0] = 0.0
         return out
 
     def attach_vectors(self, name: str, ids: Sequence[str], matrix: np.ndarray) -> None:

@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
-from attnrec.data.dataset import IdMap, SequenceData, load_sequences_npz, save_sequences_npz
+from attnrec.data.dataset import SequenceData, load_sequences_npz, save_sequences_npz
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,6 @@ def available_models() -> list[str]:
     import attnrec.models  # noqa: F401
 
     return sorted(_REGISTRY)
-
-
-def histories_to_csr(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    indptr = np.zeros(len(histories) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(histories) else np.zeros(0, np.int64)
-    return indptr, flat
 
 
 def exclusion_mask(
@@ -313,7 +305,3 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def item_id_map(model: Recommender) -> IdMap:
-    return model.item_map_

@@ -38,7 +38,6 @@ product with the (tied) item embeddings plus a per-item output bias.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -47,13 +46,12 @@ import torch
 import torch.nn as nn
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.models.attention import AttentionConfig, TransformerBlock
 from attnrec.models import losses
+from attnrec.models.attention import AttentionConfig, BlockStack, TransformerBlock, init_weights
 from attnrec.models.base import register
+from attnrec.models.batching import cloze_windows, length_grouped_batches, pad_right, window_ids
 from attnrec.models.neural import NeuralSequenceModel
 from attnrec.training import ValidationMetric
-
-log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "sampled_softmax")
 
@@ -75,24 +73,12 @@ class BERT4RecNet(nn.Module):
         self.pos_emb = nn.Embedding(max_len, d)  # position counted from the end
         self.emb_ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.emb_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(n_layers))
+        self.blocks = BlockStack(TransformerBlock(cfg) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
         # BERT's prediction head transform; output embeddings are tied to the input ones
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=cfg.layer_norm_eps))
         self.out_bias = nn.Parameter(torch.zeros(n_items + 1))
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
+        self.apply(init_weights)
 
     def output_weight(self) -> torch.Tensor:
         """``(n_items + 1, d + 1)`` output item embeddings, bias as last column (row 0 = padding)."""
@@ -112,11 +98,8 @@ class BERT4RecNet(nn.Module):
         pos = (lens - 1 - torch.arange(T, device=seq.device)[None, :]).clamp(min=0)  # (B, T)
         x = self.item_emb(seq) + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_drop(self.emb_ln(x))
-        weights = []
-        for block in self.blocks:
-            # bidirectional: no causal mask, only padding keys are hidden
-            x, w = block(x, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
-            weights.append(w)
+        # bidirectional: no causal mask, only padding keys are hidden
+        x, weights = self.blocks(x, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
         x = self.ln_f(x)
         return (x, weights) if need_weights else x
 
@@ -124,25 +107,6 @@ class BERT4RecNet(nn.Module):
 # --------------------------------------------------------------------------
 # batching
 # --------------------------------------------------------------------------
-def cloze_windows(data: SequenceData, max_len: int, min_len: int = 2
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, lengths)`` into ``data.items``.
-
-    Non-overlapping windows of at most ``max_len`` items cut from the end of
-    each sequence (every item in exactly one window); windows shorter than
-    ``min_len`` (no context to predict from) are dropped.
-    """
-    starts, lens = [], []
-    for u in range(data.n_users):
-        a, end = int(data.indptr[u]), int(data.indptr[u + 1])
-        while end - a >= min_len:
-            n = min(max_len, end - a)
-            starts.append(end - n)
-            lens.append(n)
-            end -= n
-    return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
-
-
 def cloze_mask(lens: np.ndarray, T: int, mask_prob: float, last_mask_prob: float,
                rng: np.random.Generator) -> np.ndarray:
     """Bool ``(B, T)``: positions to mask in right-padded windows of lengths ``lens``.
@@ -186,15 +150,9 @@ def pad_right_with_mask(histories: Sequence[np.ndarray], max_len: int, mask_id: 
     Returns ``(seq (B, T), lengths (B,))``; history ``b`` fills positions
     ``0 .. lengths[b] - 1`` and its mask sits at position ``lengths[b]``.
     """
-    keep = max_len - 1
-    lens = np.array([min(len(h), keep) for h in histories], dtype=np.int64)
-    T = int(lens.max()) + 1 if len(lens) else 1
-    seq = np.zeros((len(histories), T), dtype=np.int64)
-    for i, h in enumerate(histories):
-        if lens[i]:
-            seq[i, : lens[i]] = np.asarray(h[-lens[i]:], dtype=np.int64)
-        seq[i, lens[i]] = mask_id
-    return torch.from_numpy(seq), torch.from_numpy(lens)
+    seq, lens = pad_right(histories, max_len - 1, extra=1)
+    seq[torch.arange(len(lens)), lens] = mask_id
+    return seq, lens
 
 
 # --------------------------------------------------------------------------
@@ -284,23 +242,13 @@ class BERT4Rec(NeuralSequenceModel):
         starts, lens = cloze_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training windows: every sequence has fewer than 2 items")
-        net, bs, mask_id = self.net_, self.batch_size, self.net_.mask_id
+        net, mask_id = self.net_, self.net_.mask_id
 
         def batches(epoch: int, rng: np.random.Generator):
-            # shuffle, then sort by length inside groups of 64 batches: little padding, random order
-            perm = rng.permutation(len(starts))
-            group = bs * 64
-            order = np.concatenate([
-                perm[g : g + group][np.argsort(lens[perm[g : g + group]], kind="stable")]
-                for g in range(0, len(perm), group)
-            ])
-            chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
-            for j in rng.permutation(len(chunks)):
-                s, n = starts[chunks[j]], lens[chunks[j]]
-                T = int(n.max())
-                real = np.arange(T)[None, :] < n[:, None]  # (B, T)
-                seq = np.where(real, data.items[np.where(real, s[:, None] + np.arange(T), 0)], 0)
-                m = cloze_mask(n, T, self.mask_prob, self.last_mask_prob, rng)  # (B, T)
+            for sel in length_grouped_batches(lens, self.batch_size, rng):
+                n = lens[sel]
+                seq, _ = window_ids(data.items, starts[sel], n)  # (B, T)
+                m = cloze_mask(n, seq.shape[1], self.mask_prob, self.last_mask_prob, rng)  # (B, T)
                 if self.last_mask_crop:
                     crop_last_only(seq, m, n, rng)
                 inp = np.where(m, mask_id, seq)

@@ -5,7 +5,7 @@
       e_i = m_i * g(n_i) * id_i + content(i)
 
   ``content(i)`` is a small tower over the item's text embedding (sentence
-  encoder, :mod:`attnrec.content`), categorical tokens (embedding bags),
+  encoder, :mod:`attnrec.data.text`), categorical tokens (embedding bags),
   standardised numbers and precomputed vectors; ``n_i`` its training count,
   ``g`` a learned sigmoid gate of ``log(1 + n_i)`` and ``m_i = [n_i >= min_count]``.
   During training the id part of a random ``item_dropout`` fraction of items is
@@ -28,9 +28,9 @@ of a trained model without retraining (what the service calls).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
-import math
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.data.features import FeatureSchema, FeatureTable, load_features
 from attnrec.models.base import Recommender, register
-from attnrec.models.sasrec import SASRec, SASRecNet
+from attnrec.models.sasrec import SASRec
+from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class _ContentMixin:
         return self
 
     def _encoder(self):
-        from attnrec.content import TextEncoder
+        from attnrec.data.text import TextEncoder
 
         return TextEncoder(self.text_model, cache_dir=self.text_cache, progress=False)
 
@@ -178,8 +179,6 @@ class _ContentMixin:
         """Copy the id map before adding items: it is shared with the caller's data and splits."""
         if getattr(self, "_owns_item_map", False):
             return
-        import dataclasses
-
         from attnrec.data.dataset import IdMap
 
         self.item_map_ = IdMap(self.item_map_.raw_ids, offset=self.item_map_.offset)
@@ -200,10 +199,9 @@ class _ContentMixin:
 class ContentSASRecNet(SASRecNet):
     """SASRec network whose item table mixes gated id embeddings with a content tower."""
 
-    def __init__(self, n_items: int, max_len: int, cfg, n_layers: int, spec: dict,
-                 min_count: int, item_dropout: float, **kw):
-        super().__init__(n_items, max_len, cfg, n_layers, **kw)
-        d = cfg.d_model
+    def __init__(self, cfg: SASRecConfig, spec: dict, min_count: int, item_dropout: float):
+        super().__init__(cfg)
+        d = cfg.attention.d_model
         self.content = ContentTower(d, spec)
         self.gate_a = nn.Parameter(torch.tensor(1.0))
         self.gate_b = nn.Parameter(torch.tensor(0.0))
@@ -221,7 +219,7 @@ class ContentSASRecNet(SASRecNet):
         self.item_emb = nn.Embedding(n_rows, w.shape[1], padding_idx=0)
         self.item_emb.weight.data = torch.cat([w, torch.zeros(extra, w.shape[1])])
         self.counts = torch.cat([self.counts, torch.zeros(extra)])
-        self.n_items = n_rows - 1
+        self.cfg.n_items = n_rows - 1
 
     def item_table(self) -> torch.Tensor:
         """``(n_items + 1, d)`` item embeddings (row 0 = padding = 0)."""
@@ -238,18 +236,10 @@ class ContentSASRecNet(SASRecNet):
         # the same sampled item table as the inputs of this training step
         return self._table if (self.training and self._table is not None) else self.item_table()
 
-    def forward(self, seq: torch.Tensor, need_weights: bool = False):
-        table = self.item_table()
+    def embed(self, seq: torch.Tensor) -> torch.Tensor:
+        table = self.item_table()  # (V + 1, d), item dropout re-drawn per training step
         self._table = table if self.training else None
-        T = seq.shape[1]
-        x = table[seq] * math.sqrt(self.cfg.d_model)  # (B, T, d)
-        x = self.emb_drop(x + self.pos_emb.weight[:T])
-        weights = []
-        for block in self.blocks:
-            x, w = block(x, causal=True, need_weights=need_weights)
-            weights.append(w)
-        x = self.ln_f(x)
-        return (x, weights) if need_weights else x
+        return table[seq]  # (B, T, d)
 
 
 @register("sasrec-content")
@@ -287,9 +277,8 @@ class ContentSASRec(_ContentMixin, SASRec):
     def _build(self, n_items: int) -> ContentSASRecNet:
         if self.loss != "ce":
             raise ValueError("sasrec-content supports loss='ce' only")
-        net = ContentSASRecNet(n_items, self.max_len, self._attention_config(), self.n_layers,
-                               dict(self.content_spec_), self.min_count, self.item_dropout,
-                               shared_embeddings=True, mixer=self.mixer, alpha=self.alpha)
+        cfg = dataclasses.replace(self._net_config(n_items), shared_embeddings=True, sparse_grad=False)
+        net = ContentSASRecNet(cfg, dict(self.content_spec_), self.min_count, self.item_dropout)
         if getattr(self, "_fit_inputs", None) is not None:
             table, text, counts = self._fit_inputs
             net.content.set_rows(text, table)

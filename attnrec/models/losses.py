@@ -19,7 +19,6 @@ The sampled losses read output embeddings through ``rows(ids) -> ids.shape + (d,
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch

@@ -1,6 +1,8 @@
 """SASRec: causal self-attention over the item sequence (Kang & McAuley, ICDM 2018).
 
-Built on the shared attention core (:mod:`attnrec.models.attention`). Defaults
+This file is the estimator; the network is :mod:`attnrec.models.sasrec_net`,
+the windows and batches :mod:`attnrec.models.batching`, the losses
+:mod:`attnrec.models.losses`. Defaults
 follow the "SASRec+" recipe (full-softmax cross-entropy over the catalogue,
 Klenitskiy & Vasilev 2023), which is much stronger than the original
 one-negative BCE on sparse data.
@@ -17,7 +19,7 @@ Training (one pass covers every target of every sequence):
   training all positions at once equals training on every prefix separately.
 * Output logits are computed only at real (non-padding) positions.
 
-Losses (``loss=``):
+Losses (``loss=``, :mod:`attnrec.models.losses`):
 
 * ``"ce"``: full softmax cross-entropy over all items (fused chunked kernel:
   logits, softmax and both gradients are computed chunk by chunk, the
@@ -38,164 +40,32 @@ all-reduced sparsely under DDP; per-step cost then follows the batch, not the
 catalogue (``benchmarks/scale.py train``).
 
 ``mixer="lowpass"`` (the default; ``mixer="none"`` is plain SASRec) adds a
-BSARec-style (Shin et al., AAAI 2024) inductive-bias branch beside
-self-attention in every block: a *causal* low-pass filter (an exponentially
-decaying average over the prefix with a learned time constant) plus a learned
-per-channel re-weighting of the high-frequency residual,
-``alpha * (low + beta * (x - low)) + (1 - alpha) * attention(x)``. (BSARec's
-FFT filter is not causal, so it cannot be trained on all positions at once.)
-It is the default because validation said so on Amazon Beauty: validation
-NDCG@10 0.0650 with ``alpha=0.7`` against 0.0621 without the branch, best of
+BSARec-style causal low-pass branch beside self-attention in every block
+(:class:`~attnrec.models.sasrec_net.CausalLowPass`). It is the default because
+validation said so on Amazon Beauty: validation NDCG@10 0.0650 with ``alpha=0.7`` against 0.0621 without the branch, best of
 the first 16 epochs of each run (``benchmarks/RESULTS.md``); ``alpha=0.7`` is
 BSARec's published value for Beauty, not tuned here.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.models.attention import AttentionConfig, TransformerBlock
 from attnrec.models import losses
+from attnrec.models.attention import AttentionConfig
 from attnrec.models.base import register
+from attnrec.models.batching import length_grouped_batches, pad_right, training_windows, window_ids
 from attnrec.models.neural import NeuralSequenceModel
+from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 from attnrec.training import ValidationMetric
-
-log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
 
 
-# --------------------------------------------------------------------------
-# modules
-# --------------------------------------------------------------------------
-class CausalLowPass(nn.Module):
-    """Causal low-pass filter: exponentially decaying average over the prefix.
-
-    ``low[t] = sum_{s<=t} w(t-s) x[s] / sum_{s<=t} w(t-s)`` with
-    ``w(k) = exp(-k / tau)`` and a learned ``tau`` (init ``tau0``); output
-    ``low + beta * (x - low)`` with a learned per-channel ``beta`` (BSARec's
-    high-frequency re-weighting, init 1 = identity).
-    """
-
-    def __init__(self, d_model: int, tau0: float = 4.0):
-        super().__init__()
-        self.log_tau = nn.Parameter(torch.tensor(math.log(tau0)))
-        self.beta = nn.Parameter(torch.zeros(1, 1, d_model))  # starts with no high-frequency part
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        T = x.shape[1]
-        t = torch.arange(T, device=x.device, dtype=x.dtype)
-        lag = t[:, None] - t[None, :]  # (T, T)
-        w = torch.exp(-lag.clamp(min=0) / self.log_tau.exp().to(x.dtype)) * (lag >= 0)
-        w = w / w.sum(1, keepdim=True)  # (T, T) rows sum to 1
-        low = torch.einsum("ts,bsd->btd", w, x)  # (B, T, d)
-        return low + self.beta * (x - low)
-
-
-class SASRecNet(nn.Module):
-    """Item + position embeddings -> causal transformer blocks -> hidden states."""
-
-    def __init__(self, n_items: int, max_len: int, cfg: AttentionConfig, n_layers: int,
-                 shared_embeddings: bool = True, mixer: str = "none", alpha: float = 0.5,
-                 sparse_grad: bool = False):
-        super().__init__()
-        d = cfg.d_model
-        self.n_items = n_items
-        self.max_len = max_len
-        self.cfg = cfg
-        # sparse_grad: item tables get row-sparse gradients (SparseAdam in the training loop)
-        self.sparse_grad = sparse_grad
-        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_grad)
-        self.pos_emb = nn.Embedding(max_len, d)
-        self.emb_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(cfg, mixer=CausalLowPass(d) if mixer == "lowpass" else None, alpha=alpha)
-            for _ in range(n_layers)
-        )
-        self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
-        self.out_emb = (None if shared_embeddings
-                        else nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_grad))
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
-
-    def output_weight(self) -> torch.Tensor:
-        """``(n_items + 1, d)`` output item embeddings (row 0 = padding)."""
-        return (self.out_emb if self.out_emb is not None else self.item_emb).weight
-
-    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Output embeddings of ``ids`` (any shape) -> ``ids.shape + (d,)``; row-sparse gradient if asked."""
-        return F.embedding(ids, self.output_weight(), sparse=self.sparse_grad)
-
-    def forward(self, seq: torch.Tensor, need_weights: bool = False):
-        """``seq`` (B, T) right-padded item ids -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
-        B, T = seq.shape
-        x = self.item_emb(seq) * math.sqrt(self.cfg.d_model)  # (B, T, d)
-        x = x + self.pos_emb.weight[:T]  # (B, T, d)
-        x = self.emb_drop(x)
-        weights = []
-        for block in self.blocks:
-            # right padding + causal mask: a real position never sees a padding key
-            x, w = block(x, causal=True, need_weights=need_weights)  # (B, T, d)
-            weights.append(w)
-        x = self.ln_f(x)
-        return (x, weights) if need_weights else x
-
-
-# --------------------------------------------------------------------------
-# batching
-# --------------------------------------------------------------------------
-def training_windows(data: SequenceData, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, lengths)`` into ``data.items``: inputs ``items[s:s+n]``, targets ``items[s+1:s+n+1]``.
-
-    Every target of every sequence appears in exactly one window.
-    """
-    starts, lens = [], []
-    for u in range(data.n_users):
-        a, b = int(data.indptr[u]), int(data.indptr[u + 1])
-        n_targets = b - a - 1
-        end = b - 1  # exclusive end of inputs
-        while n_targets > 0:
-            n = min(max_len, n_targets)
-            starts.append(end - n)
-            lens.append(n)
-            end -= n
-            n_targets -= n
-    return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
-
-
-def pad_right(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last ``max_len`` items of each history, right-padded -> ``(seq (B, T), lengths (B,))``."""
-    lens = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
-    T = max(1, int(lens.max()) if len(lens) else 1)
-    seq = np.zeros((len(histories), T), dtype=np.int64)
-    for i, h in enumerate(histories):
-        if lens[i]:
-            seq[i, : lens[i]] = np.asarray(h[-lens[i]:], dtype=np.int64)
-    return torch.from_numpy(seq), torch.from_numpy(lens)
-
-
-# --------------------------------------------------------------------------
-# the recommender
-# --------------------------------------------------------------------------
 @register("sasrec")
 class SASRec(NeuralSequenceModel):
     """SASRec with a choice of training objective (default: full softmax CE).
@@ -210,8 +80,6 @@ class SASRec(NeuralSequenceModel):
     the recommended final protocol refits on train+valid for that many epochs
     (:meth:`refit_params`).
     """
-
-    sequential = True
 
     def __init__(
         self,
@@ -268,14 +136,15 @@ class SASRec(NeuralSequenceModel):
             return float(self.dropout)
         return float(getattr(self, "dropout_", 0.5))
 
+    def _net_config(self, n_items: int) -> SASRecConfig:
+        return SASRecConfig(n_items=n_items, max_len=self.max_len, n_layers=self.n_layers,
+                            attention=self._attention_config(), shared_embeddings=self.shared_embeddings,
+                            mixer=self.mixer, alpha=self.alpha, sparse_grad=self._sparse_grad_value(n_items))
+
     def _build(self, n_items: int) -> SASRecNet:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.mixer not in ("none", "lowpass"):
-            raise ValueError(f"mixer must be 'none' or 'lowpass', got {self.mixer!r}")
-        return SASRecNet(n_items, self.max_len, self._attention_config(), self.n_layers,
-                         self.shared_embeddings, self.mixer, self.alpha,
-                         sparse_grad=self._sparse_grad_value(n_items))
+        return SASRecNet(self._net_config(n_items))
 
     #: catalogue size from which ``sparse_grad="auto"`` switches sparse gradients on
     SPARSE_GRAD_MIN_ITEMS: ClassVar[int] = 100_000
@@ -314,28 +183,12 @@ class SASRec(NeuralSequenceModel):
             self._neg_probs = torch.from_numpy(p)
         elif self.negative_sampling != "uniform":
             raise ValueError("negative_sampling must be 'uniform' or 'popularity'")
-        bs = self.batch_size
 
         def batches(epoch: int, rng: np.random.Generator):
-            # shuffle, then sort by length inside groups of 64 batches: little padding, random order
-            perm = rng.permutation(len(starts))
-            group = bs * 64
-            order = []
-            for g in range(0, len(perm), group):
-                idx = perm[g : g + group]
-                order.append(idx[np.argsort(lens[idx], kind="stable")])
-            order = np.concatenate(order)
-            chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
-            for j in rng.permutation(len(chunks)):
-                sel = chunks[j]
-                s, n = starts[sel], lens[sel]
-                T = int(n.max())
-                ar = np.arange(T)
-                mask = ar[None, :] < n[:, None]  # (B, T)
-                pos = np.where(mask, s[:, None] + ar[None, :], 0)
-                seq = torch.from_numpy(np.where(mask, data.items[pos], 0))
-                tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
-                yield seq, tgt, torch.from_numpy(mask)
+            for sel in length_grouped_batches(lens, self.batch_size, rng):
+                seq, mask = window_ids(data.items, starts[sel], lens[sel])  # (B, T) inputs
+                tgt, _ = window_ids(data.items, starts[sel] + 1, lens[sel])  # (B, T) next items
+                yield torch.from_numpy(seq), torch.from_numpy(tgt), torch.from_numpy(mask)
 
         def loss_fn(module, batch) -> torch.Tensor:
             seq, tgt, mask = batch

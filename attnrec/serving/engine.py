@@ -173,6 +173,10 @@ class ModelSnapshot:
             self._item_category[d] = code
         self._item_category_t = torch.from_numpy(self._item_category)
 
+    def item_categories(self) -> np.ndarray:
+        """Category code of every dense item (-1: none), ``(n_items + 1,)``."""
+        return self._item_category
+
     def allowed_mask(self, categories: Sequence[str], exclude_categories: Sequence[str]) -> torch.Tensor | None:
         """Boolean ``(n_items + 1,)`` mask of recommendable items, or None for all."""
         if not categories and not exclude_categories:
@@ -377,7 +381,6 @@ class ModelSnapshot:
         return {
             "version": self.version,
             "model": self.model_name,
-            "path": str(self.path),
             "n_items": self.n_items,
             "n_users": len(self.user_map),
             "saved_at": self.config.get("saved_at"),

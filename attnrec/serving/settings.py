@@ -68,10 +68,10 @@ class Settings(BaseSettings):
 
     # request limits: anything larger is a 4xx, never work for the server
     max_k: int = Field(100, ge=1)
+    max_offset: int = Field(1000, ge=0, description="Largest offset (paging) of a list endpoint")
     max_batch: int = Field(1000, ge=1, description="Most events in one ingest request")
     max_history: int = Field(500, ge=1, description="Most items in a session or exclude list")
     max_body_bytes: int = Field(2_000_000, ge=1024)
-    max_id_length: int = Field(256, ge=1)
     explain_top: int = Field(5, ge=1, description="History items listed per explained item")
     index: str = Field(
         "auto", pattern="^(auto|exact|hnsw|ivf)$",

@@ -41,6 +41,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Index,
     Integer,
     MetaData,
     String,
@@ -74,6 +75,7 @@ events = Table(
     Column("ts", Float(53)),  # event time, epoch seconds: client time or arrival time
     Column("received_at", Float(53), nullable=False, index=True),
     Column("event_id", String(256), unique=True),  # client idempotency key (optional)
+    Index("ix_events_ts_id", "ts", "id"),  # export in event-time order
 )
 
 tombstones = Table(
@@ -108,8 +110,7 @@ catalogue = Table(
 
 _CATALOGUE_FIELDS = ("hidden", "deleted", "name", "description", "categories", "labels", "expires_at")
 _EVENT_COLUMNS = (events.c.id, events.c.user_id, events.c.item_id, events.c.event_type,
-                  func.coalesce(events.c.ts, events.c.received_at), events.c.received_at,
-                  events.c.event_id)
+                  events.c.ts, events.c.received_at, events.c.event_id)
 
 
 class StoreUnavailable(RuntimeError):
@@ -223,6 +224,10 @@ class EventStore:
                 conn.execute(text("ALTER TABLE events ADD COLUMN event_id VARCHAR(256)"))
                 conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS ix_events_event_id ON events (event_id)"))
                 log.info("event store: added the event_id column")
+            # older versions left ts empty without a client time: the arrival time is the event time
+            conn.execute(text("UPDATE events SET ts = received_at WHERE ts IS NULL"))
+            conn.execute(text("CREATE INDEX IF NOT EXISTS ix_events_ts_id ON events (ts, id)"))
+            conn.execute(text("CREATE INDEX IF NOT EXISTS ix_events_received_at ON events (received_at)"))
             if "deleted_users" in inspect(self.engine).get_table_names():
                 n = conn.execute(text("SELECT count(*) FROM deleted_users")).scalar_one()
                 if n:

@@ -8,7 +8,8 @@ from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.evaluation import evaluate, validation_metric
 from attnrec.models.base import Recommender
 from attnrec.models.losses import fused_linear_cross_entropy
-from attnrec.models.sasrec import SASRec, training_windows
+from attnrec.models.batching import training_windows
+from attnrec.models.sasrec import SASRec
 
 N_PRODUCTS = 10
 N_ITEMS = 60  # products 1..10, accessories 11..20, fillers 21..60

@@ -369,3 +369,27 @@ def test_new_user_starts_from_popular_items(page):
     assert pg.locator("#timeline li.event.live").count() == 1
     assert before[0] not in page.rec_ids()
     assert page.errors == []
+
+
+def test_the_page_asks_for_the_read_key(browser, ease_bundle_plain, tmp_path):
+    """With a read key, nothing is shown until the key is typed; then the page works as usual."""
+    from attnrec.serving import Settings, create_app
+
+    read_key = "explorer-read-key-987"
+    settings = Settings(model_path=ease_bundle_plain, api_key=KEY, read_key=read_key, watch_model=False,
+                        data_dir=tmp_path / "db", secret="explorer-secret")
+    with LiveServer(create_app(settings)) as live:
+        p = Page(browser, live.url)
+        try:
+            pg = p.page
+            pg.goto(live.url + "/")
+            expect(pg.locator("#event-status")).to_contain_text("needs a key to read")
+            assert pg.evaluate("document.activeElement.id") == "write-key"
+            assert pg.locator("#recs li.rec").count() == 0
+            pg.fill("#write-key", read_key)
+            pg.keyboard.press("Enter")
+            _wait_for_recs(p)
+            assert pg.locator("#recs li.rec").count() > 0
+            assert "ease" in pg.inner_text("#model-card").lower()
+        finally:
+            p.close()

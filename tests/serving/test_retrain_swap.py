@@ -8,12 +8,7 @@ from attnrec.continuous import EventTypes, retrain
 from attnrec.models import EASE
 from attnrec.models.base import Recommender
 
-from .conftest import AUTH, extend_data
-
-
-def secret(tmp_path) -> bytes:
-    """The service's secret (make_client's data_dir), as `attnrec retrain --data-dir` reads it."""
-    return (tmp_path / "data" / "secret.key").read_text().strip().encode()
+from .conftest import AUTH, SECRET, extend_data  # SECRET: the service's (make_client sets it)
 
 
 def history(client, user: str) -> list[str]:
@@ -38,7 +33,7 @@ def test_no_double_count_after_swap(make_client, shop_data, tmp_path, sqlite_url
     assert client.delete(f"/users/{gone}", headers=AUTH).status_code == 200
     assert client.post("/events", json={"user": gone, "item": "i7"}, headers=AUTH).status_code == 201
 
-    res = retrain(bundle, sqlite_url, bundle, event_types=EventTypes(), tolerance=1.0, secret=secret(tmp_path))
+    res = retrain(bundle, sqlite_url, bundle, event_types=EventTypes(), tolerance=1.0, secret=SECRET.encode())
     assert res.accepted
     r = client.post("/admin/reload", headers=AUTH)
     assert r.status_code == 200 and r.json()["changed"], r.text
@@ -69,7 +64,7 @@ def test_bundle_ids_from_another_store_are_not_applied(make_client, shop_data, t
     for item in ("i3", "i4"):
         assert c1.post("/events", json={"user": "short-user", "item": item}, headers=AUTH).status_code == 201
     retrain(bundle, other, tmp_path / "retrained", event_types=EventTypes(), tolerance=1.0,
-            secret=secret(tmp_path))
+            secret=SECRET.encode())
     c2 = make_client(tmp_path / "retrained", sqlite_url)  # a fresh store: event ids restart at 1
     assert c2.post("/events", json={"user": "short-user", "item": "i5"}, headers=AUTH).status_code == 201
     assert history(c2, "short-user") == ["i1", "i2", "i3", "i4", "i5"]

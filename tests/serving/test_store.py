@@ -124,3 +124,22 @@ def test_locked_sqlite_write_fails_fast(sqlite_url, tmp_path):
     assert store.health() == (True, None)
     assert store.add_events([{"user_id": "u", "item_id": "i"}]) == 1
     store.close()
+
+
+def test_an_older_events_table_is_migrated(sqlite_url, tmp_path):
+    import sqlite3
+
+    conn = sqlite3.connect(str(tmp_path / "events.db"))
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id VARCHAR(256) NOT NULL, "
+                 "item_id VARCHAR(256) NOT NULL, event_type VARCHAR(64), ts FLOAT, received_at FLOAT NOT NULL)")
+    conn.executemany("INSERT INTO events (user_id, item_id, ts, received_at) VALUES (?, ?, ?, ?)",
+                     [("u", "late", None, 1_700_000_300.0), ("u", "early", 1_700_000_100.0, 1_700_000_400.0)])
+    conn.commit()
+    conn.close()
+    store = EventStore(sqlite_url)
+    try:
+        assert store.user_items("u") == ["early", "late"]  # no client time: arrival time
+        assert store.insert_events([{"user_id": "u", "item_id": "x", "event_id": "e"}]).duplicates == 0
+        assert store.insert_events([{"user_id": "u", "item_id": "x", "event_id": "e"}]).duplicates == 1
+    finally:
+        store.close()

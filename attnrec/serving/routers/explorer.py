@@ -22,12 +22,12 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, snapshot
+from attnrec.serving.deps import UNAVAILABLE, ServiceDep, check_limit, redact_paths, snapshot
 from attnrec.serving.engine import ModelSnapshot, _json_safe
 from attnrec.serving.responses import FastJSON
-from attnrec.serving.schemas import HARD_MAX_LIST, RawId, Strict
+from attnrec.serving.schemas import HARD_MAX_LIST, PathId, RawId, Strict
 
-router = APIRouter(tags=["explorer"])
+router = APIRouter(tags=["explorer"], responses=UNAVAILABLE)
 
 STATIC_PACKAGE = "attnrec.serving"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(?:html|js|css|svg|png|ico)$")
@@ -46,7 +46,7 @@ _CARD_PARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "loss", 
 _WEIGHT_DIGITS = 4
 MAX_SHOWN_HISTORY = 200
 
-UserPath = Annotated[RawId, Path(description="Raw user id")]
+UserPath = Annotated[PathId, Path(description="Raw user id, percent-encoded ('/' as %2F)")]
 
 
 # ---- schemas ----------------------------------------------------------------------------------
@@ -174,32 +174,39 @@ def _index(snap: ModelSnapshot) -> dict:
 @router.get("/explorer/users", response_model=UserSearch, summary="Find users the model knows")
 async def search_users(request: Request, service: ServiceDep,
                        q: Annotated[str, Query(max_length=256, description="Part of a raw user id")] = "",
-                       limit: Annotated[int, Query(ge=1, le=500)] = 50) -> FastJSON:
+                       limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       offset: Annotated[int, Query(ge=0, le=100_000)] = 0) -> FastJSON:
     snap = snapshot(request, service)
     idx = await run_in_threadpool(_index, snap)
     needle = q.strip().lower()
-    hits = [i for i, u in enumerate(idx["user_lower"]) if needle in u] if needle else range(len(idx["users"]))
+    gone = service.is_deleted_dense
+    # deleted users are not listed, counted or found: their fit history is hidden everywhere
+    hits = [i for i, u in enumerate(idx["user_lower"]) if (not needle or needle in u) and not gone(snap, i)]
     if needle:  # exact id first, then shorter ids (u1 before u10)
         hits = sorted(hits, key=lambda i: (idx["user_lower"][i] != needle, len(idx["users"][i]), i))
     shown = [{"user": idx["users"][i], "history_length": int(idx["lengths"][i])}
-             for i in list(hits)[:limit]]
-    return FastJSON({"users": shown, "total": len(idx["users"]), "matches": len(hits)})
+             for i in hits[offset:offset + limit]]
+    total = len(idx["users"]) - service.deleted_model_users(snap)
+    return FastJSON({"users": shown, "total": total, "matches": len(hits)})
 
 
 @router.get("/explorer/items", response_model=ItemSearch,
             summary="Find items by id, name or category")
 async def search_items(request: Request, service: ServiceDep,
                        q: Annotated[str, Query(max_length=256)] = "",
-                       limit: Annotated[int, Query(ge=1, le=200)] = 20) -> FastJSON:
+                       limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                       offset: Annotated[int, Query(ge=0, le=100_000)] = 0) -> FastJSON:
     snap = snapshot(request, service)
     idx = await run_in_threadpool(_index, snap)
     words = q.strip().lower().split()
-    hits = [i for i, t in enumerate(idx["item_text"]) if all(w in t for w in words)]
+    blocked = service.catalogue.blocked  # hidden, deleted and expired items are never listed
+    hits = [i for i, t in enumerate(idx["item_text"])
+            if all(w in t for w in words) and not blocked(idx["items"][i])]
     out = []
-    for i in hits[:limit]:
+    for i in hits[offset:offset + limit]:
         raw = idx["items"][i]
-        e = snap.item_info(raw)
-        out.append({"item": raw, "name": e.name if e else None, "category": e.category if e else None})
+        d = service.catalogue.describe(snap, raw)
+        out.append({"item": raw, "name": d["name"], "category": d["category"]})
     return FastJSON({"items": out, "matches": len(hits)})
 
 
@@ -222,7 +229,8 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
                                  for h in vhist]
     card = {
         "version": snap.version, "model": snap.model_name, "saved_at": info.get("saved_at"),
-        "dataset": bundle.get("dataset") or bundle.get("data"), "protocol": bundle.get("protocol"),
+        "dataset": _dataset_name(bundle.get("dataset") or bundle.get("data")),
+        "protocol": bundle.get("protocol"),
         "n_items": snap.n_items, "n_users": len(snap.user_map),
         "n_interactions": int(model.train_data_.n_interactions),
         "has_catalogue": snap.catalogue is not None, "categories": sorted(snap.category_codes),
@@ -232,6 +240,11 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
         "metrics": info.get("metrics") or {}, "validation": validation, "training": training,
     }
     return FastJSON(_json_safe(card))
+
+
+def _dataset_name(value: Any) -> Any:
+    # a dataset given as a directory is shown by its name: no server paths in responses
+    return redact_paths(value).replace("…/", "") if isinstance(value, str) else value
 
 
 # ---- attention ------------------------------------------------------------------------------

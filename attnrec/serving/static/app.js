@@ -32,7 +32,9 @@
   }
 
   async function api(method, path, body, headers = {}) {
-    const init = { method, headers: { Accept: "application/json", ...headers } };
+    // a service with a read key answers nothing without one: send the key typed in the page
+    const key = $("write-key").value.trim();
+    const init = { method, headers: { Accept: "application/json", ...(key ? { "X-API-Key": key } : {}), ...headers } };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -40,6 +42,7 @@
     const res = await fetch(path, init);
     let data = null;
     try { data = await res.json(); } catch (_) { data = null; }
+    if (res.status === 401 && !key && method === "GET") askForKey();
     if (!res.ok) {
       const detail = data && (data.message || (typeof data.detail === "string" ? data.detail : null));
       const err = new Error(detail || `${res.status} ${res.statusText}`);
@@ -47,6 +50,13 @@
       throw err;
     }
     return data;
+  }
+
+  function askForKey() {
+    $("key-row").hidden = false;
+    setStatus("event-status", "This service needs a key to read: type the read key (or the write key) "
+      + "in the key field and press Enter.", "error");
+    $("write-key").focus();
   }
 
   function setStatus(id, text, kind = "") {
@@ -614,7 +624,11 @@
     $("user-form").addEventListener("submit", (e) => { e.preventDefault(); loadUser($("user-input").value); });
     $("session-form").addEventListener("submit", (e) => { e.preventDefault(); loadSession(); });
     $("item-input").addEventListener("input", (e) => searchItems(e.target.value));
-    $("key-row").addEventListener("submit", (e) => e.preventDefault());
+    $("key-row").addEventListener("submit", (e) => {
+      e.preventDefault();
+      loadCard();  // the key may be what the reads were missing
+      if (state.user) loadUser(state.user); else loadDemoUser();
+    });
     $("item-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const first = $("item-list").querySelector("button");
