@@ -149,9 +149,9 @@ def data_command(fn):
 
 SPLIT = typer.Option("loo", "--split", help="loo (leave-one-out) or temporal (global time cut-off).")
 PROTOCOL = typer.Option(
-    "refit", "--protocol",
+    None, "--protocol",
     help="paper: select on validation, test that same model (no refit; what published figures use). "
-         "refit: select on validation, refit on train+validation, then test (default: uses all data).",
+         "refit (default): select on validation, refit on train+validation, then test (uses all data).",
 )
 
 
@@ -206,7 +206,7 @@ def train(
         "last", help="last: hold out each user's last item (evaluable with `evaluate --bundle`); none: train on everything."
     ),
     split: str = SPLIT,
-    protocol: str = PROTOCOL,
+    protocol: Optional[str] = PROTOCOL,
     items: Optional[Path] = typer.Option(None, "--items", help="Item catalogue (CSV/TSV, Parquet or RecBole .item) to ship in the bundle."),
     chunked: bool = typer.Option(False, "--chunked", help="Build sequences in bounded memory (Parquet/CSV logs larger than RAM; no filters)."),
     dist_backend: str = typer.Option("auto", "--dist-backend", help="Under torchrun: gloo, nccl or auto (nccl when CUDA is available)."),
@@ -214,9 +214,9 @@ def train(
     """Train one model on FILE and save it as a bundle (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from attnrec import distributed, pipeline
 
-    if holdout not in ("last", "none"):
-        _fail(f"--holdout must be 'last' or 'none', got {holdout!r}")
-    _guard(pipeline.check_protocol, protocol)
+    if _guard(pipeline.check_holdout, holdout) == "none" and protocol is not None:
+        _fail("--protocol needs a held-out test stage; --holdout none trains on everything")
+    protocol = _guard(pipeline.check_protocol, protocol or pipeline.DEFAULT_PROTOCOL)
     params = _guard(pipeline.parse_params, param, [model])
     m = _guard(pipeline.build_model, model, params.get(model), progress=True)
     catalogue = _guard(pipeline.check_inputs, params, items)
@@ -229,24 +229,10 @@ def train(
         sequences = _guard(load_sequences_chunked, data.path, data.spec().columns, data.fmt)
     else:
         sequences = data.load()
-    info = {"data": str(data.path), "holdout": holdout}
-    s = None
-    test = None
-    if holdout == "last":
-        s = _guard(pipeline.make_split, sequences, split)
-        _guard(pipeline.fit_for_test, m, s, protocol)
-        info.update(protocol=protocol, protocol_description=pipeline.describe_protocol(protocol), split=s.describe())
-        if getattr(m, "validation_", None):
-            info["validation"] = m.validation_
-    else:
-        _guard(m.fit, sequences)
-        info["protocol"] = "none"
-    if distributed.is_main():  # every rank holds the same weights; one writes
-        if s is not None:
-            from attnrec.evaluation import evaluate as _evaluate
-
-            test = _evaluate(m, s.test)
-        metrics = pipeline.bundle_metrics(m, protocol, s, test)
+    info, s = _guard(pipeline.fit_bundle, m, sequences, holdout, split, protocol)
+    info["data"] = str(data.path)
+    if distributed.is_main():  # every rank holds the same weights; one evaluates and writes
+        metrics = pipeline.bundle_metrics(m, protocol, s)
         info["world_size"] = distributed.world_size()
         pipeline.save_bundle(m, out, metrics=metrics, info=info, catalogue=catalogue)
         console.print(f"saved {model} bundle to {out} (fit {m.fit_seconds_:.1f}s)")
@@ -275,7 +261,7 @@ def evaluate(
     param: List[str] = typer.Option([], "--param", "-p", help="key=value for every model that has it, or model.key=value."),
     bundle: List[Path] = typer.Option([], "--bundle", "-b", help="Also evaluate already-trained bundles (trained with --holdout last)."),
     split: str = SPLIT,
-    protocol: str = PROTOCOL,
+    protocol: Optional[str] = PROTOCOL,
     ks: str = typer.Option("5,10,20", "--ks", help="Cut-offs K."),
     include_history: bool = typer.Option(False, "--include-history", help="Do not exclude history items from the ranking (repeat-consumption domains)."),
     sampled: Optional[int] = typer.Option(None, "--sampled-negatives", help="SAMPLED metrics against N random negatives instead of full ranking (labelled as such)."),
@@ -289,7 +275,7 @@ def evaluate(
     from attnrec.models.base import Recommender
 
     # everything the user named is read and checked before any model trains
-    _guard(pipeline.check_protocol, protocol)
+    protocol = _guard(pipeline.check_protocol, protocol or pipeline.DEFAULT_PROTOCOL)
     cutoffs = _guard(lambda: [int(k) for k in ks.split(",") if k.strip()])
     names = [m.strip() for m in models.split(",") if m.strip()]
     params = _guard(pipeline.parse_params, param, names)
@@ -308,7 +294,9 @@ def evaluate(
     for b, m in trained:
         res = _evaluate(m, s.test, ks=cutoffs, exclude_history=not include_history, sampled_negatives=sampled)
         trained_protocol = m.bundle_info_.get("protocol", "unknown")
-        runs.append(pipeline.ModelRun(f"{b.name} ({m.model_name}, {trained_protocol})", m, res, 0.0, 0.0, trained_protocol))
+        how = m.bundle_metrics_.get("fitted_on", "as trained for the bundle")
+        runs.append(pipeline.ModelRun(f"{b.name} ({m.model_name}, {trained_protocol})", m, res, 0.0, 0.0,
+                                      trained_protocol, how))
     printed = pipeline.protocol_line(protocol, runs, s)
     console.print(f"[bold]protocol:[/] {printed}; {runs[0].result.n_cases if runs else 0} test cases")
     _print_table(runs)
@@ -346,11 +334,9 @@ def _print_table(runs, all_metrics: bool = False) -> None:
         cells = [f"{r.result.metrics[k]:.4f}" if abs(r.result.metrics[k]) < 10 else f"{r.result.metrics[k]:.1f}" for k in keys]
         table.add_row(r.name, *cells, f"{r.fit_seconds:.1f}")
     console.print(table)
-    from attnrec.pipeline import fitted_on
-
     groups: dict[str, list[str]] = {}
     for r in runs:
-        groups.setdefault(f"{r.protocol} protocol: {fitted_on(r.model, r.protocol)}", []).append(r.name)
+        groups.setdefault(f"{r.protocol} protocol: {r.fitted_on}", []).append(r.name)
     for how, names in groups.items():
         console.print(f"[dim]{', '.join(names)}: {how}[/]")
 

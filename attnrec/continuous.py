@@ -46,7 +46,8 @@ import torch
 
 from attnrec.data.catalogue import Catalogue, CatalogueEntry
 from attnrec.data.dataset import IdMap, SequenceData
-from attnrec.models.base import Recommender, exclusion_mask
+from attnrec.models.base import Recommender
+from attnrec.models.capabilities import Capability
 from attnrec.serving.feedback import EventTypes  # the service's rule for what an event type means
 
 log = logging.getLogger(__name__)
@@ -327,7 +328,8 @@ def score_cases(model: Recommender, cases: HeldOutCases, ks: Sequence[int] = (10
     it does not know is a miss (it cannot be recommended), so models with
     different catalogues are compared on the same cases.
     """
-    from attnrec.evaluation import metrics_from_ranks, ranks_of_targets
+    from attnrec.evaluation import metrics_from_ranks
+    from attnrec.ranking import exclusion_mask, ranks_of_targets
 
     if len(cases) == 0:
         raise ValueError("no held-out cases to score")
@@ -349,34 +351,6 @@ def score_cases(model: Recommender, cases: HeldOutCases, ks: Sequence[int] = (10
     per = metrics_from_ranks(ranks, ks)
     out = {k: float(v.mean()) for k, v in per.items() if k.startswith(("HR@", "NDCG@"))}
     out["cases"] = len(cases)
-    return out
-
-
-# ---- warm start --------------------------------------------------------------------------------
-def warm_start_state(current: Recommender, new_items: IdMap) -> dict[str, torch.Tensor]:
-    """The current network's weights with item rows moved to ``new_items``' dense ids.
-
-    Rows of items new to the catalogue keep their fresh initialisation
-    (returned as NaN rows, which the model fills from its own init).
-    """
-    state = {k: v.detach().clone() for k, v in current.net_.state_dict().items()}
-    old_n = int(current.n_items_)
-    new_n = len(new_items)
-    src = np.asarray([current.item_map_.get(r, -1) for r in new_items.raw_ids], dtype=np.int64)
-    have = torch.from_numpy(np.nonzero(src >= 0)[0] + 1)
-    out = {}
-    for k, v in state.items():
-        # item tables: row 0 padding, rows 1..n items, maybe one special row after (BERT4Rec's mask)
-        extra = v.shape[0] - (old_n + 1) if v.ndim >= 1 and v.is_floating_point() else -1
-        if extra in (0, 1) and "pos" not in k:
-            moved = torch.full((new_n + 1 + extra, *v.shape[1:]), float("nan"), dtype=v.dtype)
-            moved[0] = v[0]
-            moved[have] = v[torch.from_numpy(src[src >= 0])]
-            if extra:
-                moved[-1] = v[-1]
-            out[k] = moved
-        else:
-            out[k] = v
     return out
 
 
@@ -476,13 +450,13 @@ def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, wa
     if threads is not None and "num_threads" in hp:
         hp["num_threads"] = int(threads)
     if warm_start:
-        if not current.supports_warm_start:
+        if not current.supports(Capability.WARM_START):
             raise ValueError(f"the {current.model_name} model cannot be warm-started; retrain from scratch")
         if warm_epochs is not None:
             hp["epochs"] = int(warm_epochs)
     model = build_model(config["model"], hp)
     if warm_start:
-        model.warm_start_from(warm_start_state(current, train_data.item_map))
+        model.warm_start_from(current)  # item rows follow their raw ids into the new id map
     t0 = time.perf_counter()
     model.fit(train_data)
     fit_seconds = time.perf_counter() - t0
@@ -507,6 +481,7 @@ def retrain(bundle: Path, db_url: str, out: Path, *, tolerance: float = 0.01, wa
         STORE_ID: store_id,
         "retrained_from": config.get("saved_at"),
         "warm_start": warm_start,
+        "event_types": dict(event_types.weights),  # what the service compares with its own
     }
     metrics = {"retrain": {
         "protocol": "next event: each active user's latest stored event held out; full ranking; "

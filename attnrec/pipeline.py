@@ -16,13 +16,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from attnrec import retrieval
 from attnrec.data.catalogue import Catalogue, read_catalogue, write_catalogue
 from attnrec.data.dataset import SequenceData, Split
 from attnrec.data.errors import DataError
 from attnrec.data.columns import ColumnMap
 from attnrec.data.preprocess import PreprocessConfig, PreprocessReport, load_dataset
 from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate, validation_metric
-from attnrec.models.base import Recommender, get_model_class
+from attnrec.models.base import Capability, Recommender, get_model_class
 
 log = logging.getLogger(__name__)
 
@@ -146,18 +147,19 @@ def describe_protocol(protocol: str) -> str:
 def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTOCOL) -> Recommender:
     """Fit so that ``split.test`` can be evaluated without leakage, under ``protocol``.
 
-    Models with validation-driven training (early stopping) expose
-    ``refit_params()``: they are first fitted on ``split.train`` with
+    Models that declare ``REFIT`` (validation-driven training, early stopping)
+    are first fitted on ``split.train`` with
     ``split.valid`` choosing the stopping epoch. Under ``refit`` they are then
     refitted from scratch on ``split.train_full`` (train + validation
     interactions) with the chosen settings; under ``paper`` the selected model is
     the one tested, and it recommends from the test-stage histories. The
-    selection run is kept in ``model.validation_`` (see :func:`selection_record`).
+    selection run is kept in ``model.validation_`` (see :func:`selection_record`;
+    ``None`` for a model without one).
     Models without a selection stage are fitted on ``split.train_full`` under
     both protocols. Test targets are never seen either way.
     """
     check_protocol(protocol)
-    if callable(getattr(model, "refit_params", None)) and len(split.valid):
+    if model.supports(Capability.REFIT) and len(split.valid):
         model.fit(split.train, valid=split.valid, metric=validation_metric())
         validation = selection_record(model, split)
         if protocol == "refit":
@@ -167,15 +169,15 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
             use_histories(model, split.train_full)
         model.validation_ = validation
         return model
-    return model.fit(split.train_full)
+    model.fit(split.train_full)
+    model.validation_ = None  # no selection stage
+    return model
 
 
 def selection_record(model: Recommender, split: Split, ks: Sequence[int] = DEFAULT_KS) -> dict:
     """The selection run of a model just fitted on ``split.train``: epochs, curve, validation metrics."""
     return {
-        "best_epoch": getattr(model, "best_epoch_", None),
-        "best_metric": getattr(model, "best_metric_", None),
-        "history": getattr(model, "history_", []),
+        **model.training_summary(),
         "metrics": evaluate(model, split.valid, ks=ks).metrics,
         "n_cases": len(split.valid),
     }
@@ -195,21 +197,50 @@ def use_histories(model: Recommender, data: SequenceData) -> None:
 
 
 def fitted_on(model: Recommender, protocol: str) -> str:
-    """What the model that produced the test figures was trained on, in words."""
-    if getattr(model, "validation_", None) is None:
+    """What a model :func:`fit_for_test` fitted under ``protocol`` was trained on, in words."""
+    if model.validation_ is None:
         return NO_SELECTION
     if protocol == "refit":
         return "selected on validation, refitted on train+validation"
     return "fitted on train, selected on validation, tested without refit"
 
 
+def check_holdout(holdout: str) -> str:
+    if holdout not in ("last", "none"):
+        raise ValueError(f"--holdout must be 'last' or 'none', got {holdout!r}")
+    return holdout
+
+
+def fit_bundle(model: Recommender, data: SequenceData, holdout: str = "last", split: str = "loo",
+               protocol: str = DEFAULT_PROTOCOL) -> tuple[dict, Split | None]:
+    """Fit ``model`` as ``attnrec train`` does: ``(bundle info, split)``.
+
+    ``holdout="last"`` splits ``data`` and fits for the test stage under
+    ``protocol``; ``holdout="none"`` fits on everything (no split, ``None``).
+    """
+    if check_holdout(holdout) == "none":
+        model.fit(data)
+        return {"holdout": "none", "protocol": "none"}, None
+    s = make_split(data, split)
+    fit_for_test(model, s, protocol)
+    info = {"holdout": "last", "protocol": protocol, "protocol_description": describe_protocol(protocol),
+            "split": s.describe()}
+    if model.validation_ is not None:
+        info["validation"] = model.validation_
+    return info, s
+
+
 def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
                    test: EvalResult | None = None) -> dict:
-    """What ``metrics.json`` holds: the protocol, validation figures and test figures (when produced)."""
+    """What ``metrics.json`` holds: the protocol, validation figures and test figures.
+
+    The test stage is evaluated here (full ranking, default cut-offs) unless
+    ``test`` already holds its result; ``split=None`` (trained on everything) has none.
+    """
     if split is None:
         return {"protocol": "none", "protocol_description": "trained on every interaction (--holdout none)",
                 "validation": None, "test": None}
-    validation = getattr(model, "validation_", None)
+    validation = model.validation_
     out = {
         "protocol": protocol,
         "protocol_description": describe_protocol(protocol),
@@ -221,8 +252,8 @@ def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
         },
         "test": None,
     }
-    if test is not None:
-        out["test"] = {"metrics": test.metrics, "n_cases": test.n_cases, "ranking": test.protocol}
+    test = test if test is not None else evaluate(model, split.test)
+    out["test"] = {"metrics": test.metrics, "n_cases": test.n_cases, "ranking": test.protocol}
     return out
 
 
@@ -234,6 +265,7 @@ class ModelRun:
     fit_seconds: float
     eval_seconds: float
     protocol: str = DEFAULT_PROTOCOL
+    fitted_on: str = NO_SELECTION
 
 
 def evaluate_models(
@@ -260,7 +292,7 @@ def evaluate_models(
             progress=progress, per_case=per_case,
         )
         t2 = time.perf_counter()
-        run = ModelRun(name, model, result, t1 - t0, t2 - t1, protocol)
+        run = ModelRun(name, model, result, t1 - t0, t2 - t1, protocol, fitted_on(model, protocol))
         runs.append(run)
         if on_done is not None:
             on_done(run)
@@ -327,18 +359,10 @@ def recommend_for_users(
             raise KeyError(f"{len(unknown)} unknown user id(s), e.g. {unknown[:5]}")
         dense = np.array([umap.to_dense(u) for u in users], dtype=np.int64)
     histories = [model.user_history(int(u)) for u in dense]
-    item_index = None
-    if index is not None:
-        from attnrec import retrieval
-
-        kind = retrieval.choose_kind(model.n_items_, index)
-        if retrieval.supports_vectors(model) and not (index == "auto" and kind == "exact"):
-            item_index = retrieval.build_index(model, kind)
-    if item_index is not None:
-        from attnrec.retrieval import recommend as retrieve
-
-        ids, scores = retrieve(model, histories, k=k, exclude_history=exclude_history, users=dense,
-                               index=item_index, batch_size=batch_size)
+    kind = retrieval.index_kind(model, index)
+    if kind is not None:
+        ids, scores = retrieval.recommend(model, histories, k=k, exclude_history=exclude_history, users=dense,
+                                          index=retrieval.build_index(model, kind), batch_size=batch_size)
     else:
         ids, scores = model.recommend(histories, k=k, exclude_history=exclude_history, users=dense, batch_size=batch_size)
     out = []
@@ -380,7 +404,7 @@ def results_to_json(runs: Sequence[ModelRun], protocol: str, split: Split) -> di
         "models": {
             r.name: {
                 "protocol": r.protocol,
-                "fitted_on": fitted_on(r.model, r.protocol),
+                "fitted_on": r.fitted_on,
                 "ranking": r.result.protocol,
                 "metrics": r.result.metrics,
                 "n_cases": r.result.n_cases,

@@ -38,8 +38,9 @@ import attnrec.models.content  # noqa: F401  (registers sasrec-content, text-sim
 from attnrec import benchmarking
 from attnrec.data.dataset import EvalSet, SequenceData, Split
 from attnrec.evaluation import evaluate, metrics_from_ranks, ranks_of_targets
-from attnrec.models.base import exclusion_mask
+from attnrec.models.base import Capability
 from attnrec.pipeline import build_model, fit_for_test, make_split
+from attnrec.ranking import exclusion_mask
 
 log = logging.getLogger("cold_start")
 
@@ -165,7 +166,7 @@ def main() -> None:
     for name in args.models.split(","):
         model_name, params = specs[name]
         model = build_model(model_name, params)
-        if hasattr(model, "set_item_features"):
+        if model.supports(Capability.ADD_ITEMS):  # content models read the catalogue
             model.set_item_features(catalogue)
         t0 = time.perf_counter()
         if args.no_valid:
@@ -178,8 +179,8 @@ def main() -> None:
         r["warm"] = {k: v for k, v in r["warm"].items() if k in ("HR@10", "NDCG@10")}
         r["cold_among_cold"] = ranked_metrics(model.score, test_cold, cold)
         r["cold_full_catalogue"] = ranked_metrics(model.score, test_cold, None)
-        if hasattr(model, "best_epoch_"):
-            r["best_epoch"] = getattr(model, "validation_", {}).get("best_epoch")
+        if model.validation_:
+            r["best_epoch"] = model.validation_.get("best_epoch")
         results[name] = r
         log.info("%s: %s", name, json.dumps(r))
     if "pop" in args.models.split(","):

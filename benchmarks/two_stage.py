@@ -105,7 +105,7 @@ def main() -> None:
         "first": {k: r_first.metrics[k] for k in keys},
         "two_stage": {k: r_two.metrics[k] for k in keys},
         "blend_chosen": two.blend_, "blend_valid_ndcg": getattr(two, "blend_scores_", None),
-        "ranker_best_epoch": two.validation_.get("best_epoch") if hasattr(two, "validation_") else None,
+        "ranker_best_epoch": two.validation_.get("best_epoch") if two.validation_ else None,
         "fit_seconds": {"first": round(fit_first, 1), "two_stage": round(fit_two, 1)},
         "latency_ms_per_request": {"first": round(lat_first, 2), "two_stage": round(lat_two, 2),
                                    "added": round(lat_two - lat_first, 2)},

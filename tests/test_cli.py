@@ -202,6 +202,9 @@ def test_holdout_none_bundle_says_so(shop, tmp_path):
     metrics = json.loads((bundle / "metrics.json").read_text())
     assert metrics["protocol"] == "none" and metrics["test"] is None and metrics["validation"] is None
     assert "protocol: none" in r.output
+    r = invoke("train", shop / "interactions.csv", "-m", "pop", "--holdout", "none", "--protocol", "paper",
+               "-o", tmp_path / "x")
+    assert r.exit_code == 2 and "--protocol needs a held-out test stage" in r.output
 
 
 def test_non_neural_bundle_metrics_hold_test_figures(shop, tmp_path):

@@ -16,7 +16,6 @@ from attnrec.continuous import (
     holdout_latest,
     retrain,
     score_cases,
-    warm_start_state,
 )
 from attnrec.data.dataset import IdMap, SequenceData
 from attnrec.data.synthetic import generate
@@ -262,29 +261,25 @@ def test_nothing_new_is_a_clear_error(tmp_path, shop_split):
                 secret=SECRET)
 
 
-def test_warm_start_moves_item_rows_by_raw_id(tmp_path, shop_split):
+def test_warm_start_moves_item_rows_by_raw_id(shop_split):
+    import torch
+
     from attnrec.models.sasrec import SASRec
 
     data, _ = shop_split
-    m = SASRec(d_model=16, n_layers=1, n_heads=1, max_len=10, epochs=1, batch_size=64, num_threads=1).fit(data)
+    kw = dict(d_model=16, n_layers=1, n_heads=1, max_len=10, epochs=1, batch_size=64, num_threads=1)
+    m = SASRec(**kw).fit(data)
     raw = m.item_map_.raw_ids
     new_map = IdMap([raw[2], "brand-new", raw[0]], offset=1)
-    state = warm_start_state(m, new_map)
-    w_old = m.net_.item_emb.weight.detach()
-    w = state["item_emb.weight"]
+    new_data = SequenceData.from_lists([[1, 2, 3]], 3, item_map=new_map)
+    fresh = SASRec(**kw)
+    net = fresh.warm_start_from(m)._build_for_fit(new_data)
+    w_old, w = m.net_.item_emb.weight.detach(), net.item_emb.weight.detach()
     assert w.shape == (4, 16)
-    assert torch_equal(w[1], w_old[3]) and torch_equal(w[3], w_old[1]) and torch_equal(w[0], w_old[0])
-    assert bool(w[2].isnan().all())  # a new item: the fresh init fills it
-    fresh = SASRec(d_model=16, n_layers=1, n_heads=1, max_len=10, epochs=1, batch_size=64, num_threads=1)
-    net = fresh.warm_start_from(state)._build_for_fit(3)
-    assert torch_equal(net.item_emb.weight[1].detach(), w_old[3])
-    assert not bool(net.item_emb.weight.isnan().any())
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return bool(torch.equal(a, b))
+    assert torch.equal(w[1], w_old[3]) and torch.equal(w[3], w_old[1]) and torch.equal(w[0], w_old[0])
+    assert not torch.equal(w[2], torch.zeros(16))  # a new item keeps its fresh init
+    assert torch.equal(net.pos_emb.weight.detach(), m.net_.pos_emb.weight.detach())
+    assert fresh._build_for_fit(new_data) is not net and fresh._warm_from is None  # used once
 
 
 def test_warm_start_needs_a_model_that_declares_it(served, tmp_path):

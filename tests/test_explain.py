@@ -43,21 +43,30 @@ def test_faithfulness_top_attended_removal_hurts_more(model):
     assert res["rate"] > 0.7, res
 
 
-def test_faithfulness_uses_explain_weights_when_the_model_has_them(monkeypatch):
+def test_faithfulness_uses_the_models_declared_explanation(monkeypatch):
     """Models with their own explanation (BERT4Rec's mask row, DIN) are judged by it, not by row n-1."""
     import numpy as np
     import torch
 
     from attnrec.explain import faithfulness
+    from attnrec.models.base import Capability, Explanation
 
     class Stub:
+        explain_method = "stub"
+
+        def supports(self, capability):
+            return capability is Capability.EXPLAIN
+
         def recommend(self, hs, k):
             return np.ones((len(hs), 1), dtype=np.int64), None
 
-        def explain_weights(self, history, item):
-            w = np.zeros(len(history))
-            w[0] = 1.0  # the oldest item is the one that matters
-            return w
+        def explain_items(self, histories, items, users=None):
+            out = []
+            for history, rec in zip(histories, items):
+                w = np.zeros(len(history))
+                w[0] = 1.0  # the oldest item is the one that matters
+                out.append([Explanation.over("stub", history, np.arange(len(history)), w) for _ in rec])
+            return out
 
         def score(self, hs):
             # item 1's score is the value of the history's first element

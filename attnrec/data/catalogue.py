@@ -24,9 +24,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from attnrec.data.errors import DataError
-from attnrec.data.features import ID_COLUMNS, check_feature_file
+from attnrec.data.columns import ALIASES
+from attnrec.data.features import check_feature_file
 
-ITEM_ID_COLUMNS = tuple(c for c in ID_COLUMNS if "user" not in c)
+ITEM_ID_COLUMNS = tuple(dict.fromkeys(("item_id", "id", *ALIASES["item"])))
 NAME_COLUMNS = ("name", "title", "movie_title", "product_name", "item_name")
 CATEGORY_COLUMNS = ("category", "categories", "class", "genre", "genres", "main_category")
 DESCRIPTION_COLUMNS = ("description", "desc", "summary", "overview", "plot")

@@ -25,9 +25,9 @@ logger = logging.getLogger(__name__)
 
 OnBadLines = Literal["error", "skip"]
 
-_ROLES = ("user", "item", "timestamp", "rating", "event")
+ROLES = ("user", "item", "timestamp", "rating", "event")
 # Names recognised when no ColumnMap is given (case-insensitive, first match wins).
-_ALIASES = {
+ALIASES = {
     "user": ("user_id", "user", "userid", "uid", "customer_id", "session_id", "visitorid"),
     "item": ("item_id", "item", "itemid", "iid", "movieid", "movie_id", "product_id", "asin"),
     "timestamp": ("timestamp", "time", "ts", "datetime", "date", "event_time", "unix_time"),
@@ -58,21 +58,21 @@ def resolve_columns(available: list[str], columns: ColumnMap | None, path) -> di
     if columns is None:
         lower = {c.lower(): c for c in available}
         found = {}
-        for role, names in _ALIASES.items():
+        for role, names in ALIASES.items():
             for name in names:
                 if name in lower:
                     found[role] = lower[name]
                     break
         missing = [r for r in ("user", "item") if r not in found]
         if missing:
-            looked = "; ".join(f"{r}: {', '.join(_ALIASES[r])}" for r in missing)
+            looked = "; ".join(f"{r}: {', '.join(ALIASES[r])}" for r in missing)
             raise DataError(
                 f"no {' or '.join(missing)} column found (looked for {looked}); "
                 f"columns in the file: {', '.join(available)}. Pass a ColumnMap to name them.",
                 path,
             )
         return found
-    wanted = {r: getattr(columns, r) for r in _ROLES if getattr(columns, r) is not None}
+    wanted = {r: getattr(columns, r) for r in ROLES if getattr(columns, r) is not None}
     missing = [name for name in wanted.values() if name not in available]
     if missing:
         hint = ""

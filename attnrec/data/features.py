@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from attnrec.data.columns import ALIASES
 from attnrec.data.dataset import IdMap
 from attnrec.data.errors import DataError
 from attnrec.data.readers import detect_format, read_delimited_table
@@ -46,8 +47,9 @@ from attnrec.data.readers import detect_format, read_delimited_table
 log = logging.getLogger(__name__)
 
 KINDS = ("categorical", "multi", "numeric", "text", "vector")
-ID_COLUMNS = ("item_id", "user_id", "id", "item", "user", "itemid", "userid", "movie_id", "asin",
-              "product_id")
+# id column of a feature table: the generic names first, then every user/item id name
+# the interaction readers recognise (one list: attnrec.data.columns.ALIASES)
+ID_COLUMNS = tuple(dict.fromkeys(("item_id", "user_id", "id", *ALIASES["item"], *ALIASES["user"])))
 TEXT_NAMES = ("title", "name", "description", "desc", "text", "summary", "movie_title",
               "overview", "plot", "review", "caption", "content", "headline")
 MAX_TOKENS = 32  # cap on tokens kept per multi-valued cell

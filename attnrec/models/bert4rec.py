@@ -184,6 +184,8 @@ class BERT4Rec(NeuralSequenceModel):
         lr_decay_patience: int | None = 3
 
     #: hyperparameters that make ``fit`` take about a second on tiny data (conformance tests)
+    attention_causal = False  # every position attends both ways
+    attention_extra = 1  # the appended [MASK] is the position that scores the candidates
     smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=2, n_layers=1, max_len=16,
                                                   epochs=2, batch_size=256)
 
@@ -238,7 +240,7 @@ class BERT4Rec(NeuralSequenceModel):
     # ---- fitting ---------------------------------------------------------
     def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         torch.manual_seed(self.seed)
-        self.net_ = self._build_for_fit(data.n_items)
+        self.net_ = self._build_for_fit(data)
         starts, lens = cloze_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training windows: every sequence has fewer than 2 items")
@@ -296,18 +298,8 @@ class BERT4Rec(NeuralSequenceModel):
         return [w.float() for w in weights], lens
 
     def explain_weights(self, history: np.ndarray, item: int | None = None) -> np.ndarray:
-        """Attention rollout from the ``[MASK]`` position onto the visible history items.
+        """Attention rollout from the ``[MASK]`` position onto the visible history items (sum 1).
 
-        Weights (summing to 1) over the last ``len`` history items the model sees;
-        the same for every candidate ``item`` (used by :func:`attnrec.explain.explain`).
+        The same for every candidate ``item``; :meth:`explain_items` makes it per item.
         """
-        weights, lens = self.attention_weights([np.asarray(history, dtype=np.int64)])
-        n = int(lens[0])
-        if n == 0:
-            return np.zeros(0)
-        R = torch.eye(n + 1)
-        for W in weights:
-            A = 0.5 * W[0, :, : n + 1, : n + 1].mean(0) + 0.5 * torch.eye(n + 1)  # (n+1, n+1)
-            R = (A / A.sum(-1, keepdim=True)) @ R
-        row = R[n, :n]  # mask row, history keys only
-        return (row / row.sum()).double().numpy()
+        return self.attention_maps([np.asarray(history, dtype=np.int64)]).query_weights(0, "rollout")

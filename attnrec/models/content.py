@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.data.features import FeatureSchema, FeatureTable, load_features
 from attnrec.models.base import Recommender, register
+from attnrec.models.capabilities import Capability, Explanation
 from attnrec.models.sasrec import SASRec
 from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 from attnrec.training import ValidationMetric
@@ -256,6 +257,7 @@ class ContentSASRec(_ContentMixin, SASRec):
     over items with training interactions).
     """
 
+    capabilities = SASRec.capabilities | {Capability.ADD_ITEMS}
     smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=1, n_layers=1, max_len=16,
                                                   epochs=2)
 
@@ -383,7 +385,12 @@ class TextSimilarity(_ContentMixin, Recommender):
 
     The last ``last_n`` history items are averaged with weights ``decay ** age``
     (most recent = 1). Needs no interactions at all, so it ranks cold items.
+    The score is a sum of one term per history position, which is its explanation.
     """
+
+    capabilities = frozenset({Capability.EXPLAIN, Capability.ADD_ITEMS, Capability.SIMILAR_ITEMS})
+    explain_method = "text similarity"
+    light_scoring = True
 
     def __init__(self, item_features: str | None = None, feature_kinds: dict | None = None,
                  text_columns: list | None = None, text_model: str = "all-MiniLM-L6-v2",
@@ -417,20 +424,44 @@ class TextSimilarity(_ContentMixin, Recommender):
             self._grow_common(n_rows - 1)
         return written
 
+    def _recent(self, history: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Positions of the last ``last_n`` items and their weights ``decay ** age``."""
+        positions = np.arange(max(0, len(history) - self.last_n), len(history))
+        w = torch.tensor(self.decay ** np.arange(len(positions))[::-1].copy(), dtype=torch.float32)
+        return positions, w
+
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         E = self.item_text_  # (V + 1, D), rows L2-normalised (or zero)
-        B = len(histories)
-        q = torch.zeros(B, E.shape[1])
+        q = torch.zeros(len(histories), E.shape[1])
         for b, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)[-self.last_n:]
-            if len(h):
-                w = torch.tensor(self.decay ** np.arange(len(h))[::-1].copy(), dtype=torch.float32)
-                q[b] = (w[:, None] * E[torch.from_numpy(h)]).sum(0)
+            positions, w = self._recent(h)
+            if len(positions):
+                q[b] = (w[:, None] * E[torch.from_numpy(h[positions])]).sum(0)
         s = q @ E.T  # (B, V + 1)
-        # tiny popularity prior only breaks exact ties (e.g. empty histories)
-        s = s + 1e-6 * torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, np.float32)))
+        # tiny popularity prior only breaks exact ties
+        return s + 1e-6 * torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, np.float32)))
+
+    @torch.no_grad()
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
+        self._check_fitted()
+        E = self.item_text_
+        out = []
+        for h, rec in zip(histories, items):
+            h = np.asarray(h, dtype=np.int64)
+            positions, w = self._recent(h)
+            rec_t = torch.from_numpy(np.asarray(rec, dtype=np.int64))
+            C = (w[:, None] * (E[torch.from_numpy(h[positions])] @ E[rec_t].T)).double().numpy()  # (n, k)
+            total = np.abs(C).sum(axis=0)
+            C = C / np.where(total > 0, total, 1.0)
+            out.append([Explanation.over(self.explain_method, h, positions, C[:, j]) for j in range(len(rec))])
+        return out
+
+    @torch.no_grad()
+    def similar_scores(self, items) -> torch.Tensor:
+        self._check_fitted()
+        E = self.item_text_
+        s = E[torch.from_numpy(np.asarray(items, dtype=np.int64))] @ E.T
         s[:, 0] = float("-inf")
         return s
 

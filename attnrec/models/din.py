@@ -39,8 +39,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.models.base import Recommender, exclusion_mask, get_model_class, register, top_k
+from attnrec.models.base import Recommender, get_model_class, register
+from attnrec.models.capabilities import Capability, Explanation
 from attnrec.models.neural import TrainedModel
+from attnrec.ranking import exclusion_mask, top_k
 from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,8 @@ class TwoStage(TrainedModel):
     """
 
     sequential = True
+    capabilities = TrainedModel.capabilities | {Capability.EXPLAIN}
+    explain_method = "target attention"
     smoke_params: ClassVar[dict[str, Any]] = dict(n_candidates=20, d_model=16, max_len=8, epochs=1,
                                                   train_positions=2, mlp_hidden=[16])
 
@@ -232,7 +236,7 @@ class TwoStage(TrainedModel):
     def refit_params(self) -> dict[str, Any]:
         """For the refit on train+valid: the ranker's, the first stage's refit settings, the chosen blend."""
         fs = dict(self.first_stage_params or {})
-        if callable(getattr(self.first_, "refit_params", None)):
+        if self.first_.supports(Capability.REFIT):
             fs.update(self.first_.refit_params())
         return {**super().refit_params(), "first_stage_params": fs, "blend": self.blend_}
 
@@ -252,7 +256,7 @@ class TwoStage(TrainedModel):
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
         first = self._new_first()
-        has_refit = callable(getattr(first, "refit_params", None))
+        has_refit = first.supports(Capability.REFIT)
         if has_refit and valid is not None and len(valid):
             first.fit(data, valid, metric)
         else:
@@ -383,9 +387,7 @@ class TwoStage(TrainedModel):
         return idx.gather(1, o)
 
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         s, idx, vals = self.candidates(histories, users)
         r = self._blended(histories, users, idx, vals, self.blend_)  # (B, N)
         out = s.clone()
@@ -402,16 +404,38 @@ class TwoStage(TrainedModel):
         return out
 
     @torch.no_grad()
-    def explain(self, history: np.ndarray, item: int, user: int | None = None) -> dict:
-        """Why ``item`` for ``history``: the ranker's attention over the last ``max_len`` items."""
-        self._check_fitted()
+    def _target_attention(self, history: np.ndarray, items: Sequence[int], user: int | None
+                          ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The ranker on ``items``: visible history, logits ``(N,)``, attention ``(N, L)``."""
         h = np.asarray(history, dtype=np.int64)[-self.max_len:]
         u = torch.tensor([user]) if (user is not None and self.user_spec_) else None
         if self.net_.training:
             self.net_.eval()
-        logit, w = self.net_(pad_left([h], self.max_len), torch.tensor([[int(item)]]), u)
-        weights = w[0, 0, -len(h):].numpy() if len(h) else np.zeros(0)
-        return {"item": int(item), "score": float(logit[0, 0]), "history": h.tolist(),
+        cand = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]
+        logit, w = self.net_(pad_left([h], self.max_len), cand, u)
+        return h, logit[0], (w[0, :, -len(h):] if len(h) else w[0, :, :0])
+
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
+        """Per recommended item: the ranker's target attention over the last ``max_len`` items."""
+        self._check_fitted()
+        out = []
+        for b, (history, rec) in enumerate(zip(histories, items)):
+            if len(rec) == 0:
+                out.append([])
+                continue
+            user = None if users is None else int(users[b])
+            h, _, w = self._target_attention(history, rec, user)
+            positions = np.arange(len(history) - len(h), len(history))
+            out.append([Explanation.over(self.explain_method, history, positions, w[j].double().numpy())
+                        for j in range(len(rec))])
+        return out
+
+    def explain(self, history: np.ndarray, item: int, user: int | None = None) -> dict:
+        """Why ``item`` for ``history``: the ranker's attention over the last ``max_len`` items."""
+        self._check_fitted()
+        h, logit, w = self._target_attention(history, [int(item)], user)
+        weights = w[0].numpy() if len(h) else np.zeros(0)
+        return {"item": int(item), "score": float(logit[0]), "history": h.tolist(),
                 "weights": weights.tolist(),
                 "top": [int(h[j]) for j in np.argsort(-weights, kind="stable")[:5]]}
 

@@ -19,21 +19,24 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from attnrec.data.dataset import EvalSet
+from attnrec.data.dataset import EvalSet, IdMap, SequenceData
+from attnrec.jsonable import to_jsonable
+from attnrec.models import attribution
 from attnrec.models.base import Recommender
+from attnrec.models.capabilities import AttentionMaps, Capability, Explanation
 from attnrec.training import TrainConfig, TrainResult, ValidationMetric, train
 
 
 class TrainedModel(Recommender):
     """A model whose parameters are learnt by :func:`attnrec.training.train`."""
 
-    #: this model's training options and their defaults (a subclass overrides defaults in a subclass)
+    capabilities = frozenset({Capability.REFIT})
+    #: this model's training options and their defaults (a model changes defaults in a dataclass subclass)
     TrainConfig: ClassVar[type[TrainConfig]] = TrainConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -79,6 +82,12 @@ class TrainedModel(Recommender):
         return {"epochs": best, "patience": None, "max_seconds": None,
                 "lr_decay_patience": None, "lr_decay_epochs": decays}
 
+    def training_summary(self) -> dict[str, Any]:
+        """The last fit's chosen epoch, its validation metric (None without validation) and curve."""
+        self._check_fitted()
+        return {"best_epoch": self.best_epoch_, "best_metric": self.best_metric_,
+                "history": list(self.history_ or [])}
+
     def _validates(self, valid: EvalSet | None, metric: ValidationMetric | None) -> bool:
         """Whether ``fit`` got validation cases (then it must have got the metric to maximise)."""
         if valid is None or not len(valid):
@@ -111,7 +120,7 @@ class TrainedModel(Recommender):
         return {
             "history": getattr(self, "history_", []),
             "best_epoch": getattr(self, "best_epoch_", None),
-            "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
+            "best_metric": to_jsonable(getattr(self, "best_metric_", None)),
             "epochs_run": getattr(self, "epochs_run_", None),
             "lr_decays": getattr(self, "lr_decays_", []),
         }
@@ -128,38 +137,26 @@ class NeuralSequenceModel(TrainedModel):
     """Base class of the attention models that score by ``encode(histories) @ net_.output_weight().T``."""
 
     sequential = True
-    #: ``warm_start_from(state)`` makes the next ``fit`` start from given weights (fine-tuning)
-    supports_warm_start: ClassVar[bool] = True
+    capabilities = TrainedModel.capabilities | {Capability.EXPLAIN, Capability.VECTORS,
+                                                Capability.ATTENTION, Capability.SIMILAR_ITEMS,
+                                                Capability.WARM_START}
+    explain_method = "attention"
+    #: ATTENTION: whether a position attends only to itself and earlier positions
+    attention_causal: ClassVar[bool] = True
+    #: ATTENTION: positions the network appends after the history (BERT4Rec's [MASK])
+    attention_extra: ClassVar[int] = 0
     net_: torch.nn.Module
-    _warm_state: dict[str, torch.Tensor] | None = None
+    _warm_from: "NeuralSequenceModel | None" = None
 
     def _build(self, n_items: int) -> torch.nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def warm_start_from(self, state: dict[str, torch.Tensor]) -> "NeuralSequenceModel":
-        """Start the next ``fit`` from ``state`` (a ``net_`` state dict) instead of a fresh init.
-
-        Tensors whose shape differs from the new network's keep the fresh init;
-        NaN rows (items new to the catalogue) are filled from it.
-        """
-        self._warm_state = state
-        return self
-
-    def _build_for_fit(self, n_items: int) -> torch.nn.Module:
-        """``_build``, then the warm-start weights if any (used once)."""
-        net = self._build(n_items)
-        state, self._warm_state = self._warm_state, None
-        if state:
-            fresh = net.state_dict()
-            merged = {}
-            for k, v in fresh.items():
-                w = state.get(k)
-                if w is None or w.shape != v.shape:
-                    merged[k] = v
-                    continue
-                w = w.to(v.dtype)
-                merged[k] = torch.where(torch.isnan(w), v, w) if w.is_floating_point() else w
-            net.load_state_dict(merged)
+    def _build_for_fit(self, data: SequenceData) -> torch.nn.Module:
+        """``_build`` for a fit on ``data``, starting from the warm-start model's weights if any."""
+        net = self._build(data.n_items)
+        warm, self._warm_from = self._warm_from, None
+        if warm is not None:
+            net.load_state_dict(_transplant(warm, data.item_map, net.state_dict()))
         return net
 
     def encode(self, histories: Sequence[np.ndarray]) -> torch.Tensor:  # pragma: no cover - abstract
@@ -175,14 +172,58 @@ class NeuralSequenceModel(TrainedModel):
 
     # ---- inference -------------------------------------------------------
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         q = self.encode(histories)  # (B, d')
-        s = (q @ self.net_.output_weight().T).float()  # (B, V + 1)
-        empty = torch.tensor([len(x) == 0 for x in histories])
-        if empty.any():  # no history: fall back to popularity
-            s[empty] = torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, dtype=np.float32)))
+        return (q @ self.net_.output_weight().T).float()  # (B, V + 1)
+
+    # ---- capabilities ----------------------------------------------------
+    def warm_start_from(self, fitted: Recommender) -> "NeuralSequenceModel":
+        """The next ``fit`` starts from ``fitted``'s network (same class and architecture)."""
+        if type(fitted) is not type(self):
+            raise TypeError(f"a {type(self).__name__} cannot start from a {type(fitted).__name__}")
+        fitted._check_fitted()
+        self._warm_from = fitted
+        return self
+
+    @torch.no_grad()
+    def item_vectors(self) -> np.ndarray:
+        self._check_fitted()
+        return np.ascontiguousarray(self.net_.output_weight().detach().float().cpu().numpy())
+
+    @torch.no_grad()
+    def query_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        self._check_fitted()
+        q = self.encode([np.asarray(h, dtype=np.int64) for h in histories])
+        return np.ascontiguousarray(q.float().cpu().numpy())
+
+    def attention_maps(self, histories: Sequence[np.ndarray]) -> AttentionMaps:
+        weights, lens = self.attention_weights([np.asarray(h, dtype=np.int64) for h in histories])
+        return AttentionMaps(weights, lens, self.attention_causal, self.attention_extra)
+
+    @torch.no_grad()
+    def explain_items(self, histories: Sequence[np.ndarray], items: Sequence[Sequence[int]],
+                      users: np.ndarray | None = None) -> list[list[Explanation]]:
+        """Per recommended item: rollout share times that item's score gain from each history item.
+
+        See :func:`attnrec.models.attribution.rollout_gains`.
+        """
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        maps = self.attention_maps(histories)
+        return attribution.rollout_gains(self.explain_method, maps, histories, items,
+                                         lambda b, visible, rec: self._prefix_scores(visible, rec))
+
+    @torch.no_grad()
+    def _prefix_scores(self, visible: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``(n, k)`` scores of ``items`` after each prefix of ``visible`` (one batched forward)."""
+        q = self.encode([visible[: i + 1] for i in range(len(visible))])  # (n, d')
+        return (q @ self.net_.output_weight()[torch.from_numpy(items)].T).double().numpy()
+
+    @torch.no_grad()
+    def similar_scores(self, items: Sequence[int]) -> torch.Tensor:
+        """Cosine similarity of the items' output vectors (the vectors every score is a dot product with)."""
+        self._check_fitted()
+        W = torch.nn.functional.normalize(self.net_.output_weight().float(), dim=1)
+        s = W[torch.as_tensor(np.asarray(items, dtype=np.int64))] @ W.T  # (B, V + 1)
         s[:, 0] = float("-inf")
         return s
 
@@ -196,6 +237,39 @@ class NeuralSequenceModel(TrainedModel):
         self.net_.eval()
 
 
+def _transplant(old: NeuralSequenceModel, item_map: IdMap,
+               fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``fresh`` (a new network's state) with ``old``'s weights where they fit.
+
+    Item tables (row 0 padding, one row per item, maybe one special row after it
+    such as BERT4Rec's [MASK]) are moved row by row to ``item_map``'s ids by raw
+    id; items ``old`` does not know keep their fresh init. Other tensors are
+    copied when the shapes agree.
+    """
+    src = np.asarray([old.item_map_.get(r, -1) for r in item_map.raw_ids], dtype=np.int64)
+    have = torch.from_numpy(np.nonzero(src >= 0)[0] + 1)
+    take = torch.from_numpy(src[src >= 0])
+    n_old = int(old.n_items_)
+    out = {}
+    for k, v in fresh.items():
+        w = old.net_.state_dict().get(k)
+        if w is None or w.ndim == 0:
+            out[k] = w.clone() if w is not None and w.shape == v.shape else v
+            continue
+        extra = w.shape[0] - (n_old + 1)
+        if (extra in (0, 1) and "pos" not in k and v.shape[0] == len(item_map) + 1 + extra
+                and w.shape[1:] == v.shape[1:]):
+            moved = v.clone()
+            moved[0] = w[0]
+            moved[have] = w[take]
+            if extra:
+                moved[-1] = w[-1]
+            out[k] = moved
+        else:
+            out[k] = w.clone() if w.shape == v.shape else v
+    return out
+
+
 def _option_defaults(config: type[TrainConfig]) -> list[tuple[dataclasses.Field, Any]]:
     """``(field, default)`` for every training option of ``config``."""
     out = []
@@ -203,7 +277,3 @@ def _option_defaults(config: type[TrainConfig]) -> list[tuple[dataclasses.Field,
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
         out.append((f, default))
     return out
-
-
-def _finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)

@@ -172,7 +172,7 @@ class SASRec(NeuralSequenceModel):
         # sequences (Amazon categories), 0.2 on dense data with long ones (MovieLens)
         mean_len = float(data.lengths.mean()) if data.n_users else 0.0
         self.dropout_ = (0.5 if mean_len < 20 else 0.2) if self.dropout == "auto" else float(self.dropout)
-        self.net_ = self._build_for_fit(data.n_items)
+        self.net_ = self._build_for_fit(data)
         starts, lens = training_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training targets: every sequence has fewer than 2 items")
@@ -220,6 +220,14 @@ class SASRec(NeuralSequenceModel):
         seq, lens = pad_right(histories, self.max_len)
         h = self.net_(seq)  # (B, T, d)
         return h[torch.arange(len(lens)), (lens - 1).clamp(min=0)]  # (B, d)
+
+    @torch.no_grad()
+    def _prefix_scores(self, visible: np.ndarray, items: np.ndarray) -> np.ndarray:
+        # causal: the state at position i is the state of the prefix ending there (one forward)
+        self.net_.eval()
+        seq, lens = pad_right([visible], self.max_len)
+        h = self.net_(seq)[0, : int(lens[0])]  # (n, d)
+        return (h @ self.net_.output_weight()[torch.from_numpy(items)].T).double().numpy()
 
     @torch.no_grad()
     def attention_weights(self, histories: Sequence[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -168,7 +168,7 @@ class ObservabilityMiddleware:
 
     def _observe(self, scope, status_code: int, t0: float) -> None:
         route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"  # templates, never raw ids
+        path = route.path if route is not None else "unmatched"  # templates, never raw ids
         key = (scope["method"], path, status_code)
         children = self._children.get(key)
         if children is None:  # labels() costs a lock and a lookup; the set of keys is small

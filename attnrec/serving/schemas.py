@@ -262,6 +262,9 @@ class ReloadRequest(Strict):
 class ModelInfo(Strict):
     version: str
     model: str
+    event_types: dict[str, float] = Field(default_factory=dict, description="Event types declared now")
+    trained_event_types: dict[str, float] | None = Field(
+        None, description="Event types the bundle was trained with (recorded by retraining), if known")
     n_items: int
     n_users: int
     saved_at: str | None = None

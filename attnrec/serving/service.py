@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from attnrec.models.base import Capability
 from attnrec.serving.catalogue import CatalogueState
 from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot
 from attnrec.serving.erasure import read_erasures, write_erasures
@@ -151,6 +152,10 @@ class RecService:
         if self._deleted - carried:
             write_erasures(snap.path, self._secret, self._deleted)
         self._deleted_users = {snap.version: self._dense_deleted(snap, self._deleted)}
+        trained = (snap.config.get("info") or {}).get("event_types")
+        if trained is not None and trained != self.settings.event_types:
+            log.warning("the bundle was trained with event types %s, the service declares %s",
+                        trained, self.settings.event_types)
         snap.bind_store(self.store_id)
         self.current = snap
         self.metrics.set_model(snap.version, snap.model_name, time.time())
@@ -190,7 +195,7 @@ class RecService:
         async with self._reload_lock:
             old = self.snap
             embedded: list[str] = []
-            if callable(getattr(old.model, "add_items", None)):
+            if old.model.supports(Capability.ADD_ITEMS):
                 model_rows = [{"item_id": r["item_id"], "name": r.get("name"),
                                "category": r.get("category") or (r.get("categories") or [None])[0],
                                "description": r.get("description")} for r in rows]
@@ -295,7 +300,7 @@ class RecService:
             if new_tombs:
                 self._deleted |= new_tombs
                 digest = self.store.digest
-                for user in [u for u in self._cache if digest(u) in new_tombs]:
+                for user in [u for u in list(self._cache) if digest(u) in new_tombs]:
                     self._invalidate(user)
                     self._has_events.discard(user)
             horizon = started - 4 * s.db_timeout_s - 4 * s.sync_interval_s
@@ -492,10 +497,7 @@ class RecService:
         Items ``offset .. offset + k`` of the ranking; ``never`` (dense ids) and every
         hidden, deleted or expired item are left out of every path, fallback included.
         """
-        allowed = self.catalogue.allowed_mask(snap, categories, exclude_categories)
-        parts = [x for x in (snap.encode_items(exclude)[0] if exclude else None, never,
-                             self.catalogue.banned(snap)) if x is not None and len(x)]
-        excl = np.concatenate(parts) if parts else None
+        allowed, excl = self._exclusions(snap, exclude, categories, exclude_categories, never)
         use_model = known and len(history) > 0
         seen = history if exclude_seen else None
         top = k + offset
@@ -505,14 +507,11 @@ class RecService:
             if use_model:
                 scores = snap.score(history)
             else:
-                scores = snap.pop_scores.clone()
+                scores = snap.popularity_scores()
                 self.metrics.fallbacks.inc()
             ids, vals = snap.rank(scores, top, seen, excl, allowed)
         ids, vals = ids[offset:], vals[offset:]
-        items = []
-        for raw, sc in zip(snap.raw_items(ids), vals.tolist()):
-            d = self.catalogue.describe(snap, raw)
-            items.append({"item": raw, "score": sc, "name": d["name"], "category": d["category"]})
+        items = self._items_payload(snap, ids, vals)
         if explain:
             if use_model:
                 method, expl = snap.explain(history, ids)
@@ -529,6 +528,32 @@ class RecService:
                 it["explanation"] = {"method": method, "because": because}
         return {"source": "model" if use_model else "popularity-fallback",
                 "model_version": snap.version, "items": items}
+
+    def similar_items(self, snap: ModelSnapshot, item: int, *, k: int, offset: int = 0,
+                      exclude: Sequence[str] = (), categories: Sequence[str] = (),
+                      exclude_categories: Sequence[str] = ()) -> dict[str, Any]:
+        """Items ``offset .. offset + k`` most similar to dense ``item`` under the model's similarity."""
+        allowed, excl = self._exclusions(snap, exclude, categories, exclude_categories, None)
+        ids, vals = snap.rank(snap.similar_scores(item), k + offset, np.array([item], dtype=np.int64),
+                              excl, allowed)
+        return {"source": "model", "model_version": snap.version,
+                "items": self._items_payload(snap, ids[offset:], vals[offset:])}
+
+    def _exclusions(self, snap: ModelSnapshot, exclude: Sequence[str], categories: Sequence[str],
+                    exclude_categories: Sequence[str], never: np.ndarray | None
+                    ) -> tuple[Any, np.ndarray | None]:
+        """``(allowed mask, excluded dense ids)``: filters, explicit excludes, hidden/deleted/expired items."""
+        allowed = self.catalogue.allowed_mask(snap, categories, exclude_categories)
+        parts = [x for x in (snap.encode_items(exclude)[0] if exclude else None, never,
+                             self.catalogue.banned(snap)) if x is not None and len(x)]
+        return allowed, (np.concatenate(parts) if parts else None)
+
+    def _items_payload(self, snap: ModelSnapshot, ids: np.ndarray, vals: np.ndarray) -> list[dict[str, Any]]:
+        items = []
+        for raw, sc in zip(snap.raw_items(ids), vals.tolist()):
+            d = self.catalogue.describe(snap, raw)
+            items.append({"item": raw, "score": sc, "name": d["name"], "category": d["category"]})
+        return items
 
     def recommend_user(self, snap: ModelSnapshot, user: str, entry: UserEntry, q) -> dict[str, Any]:
         key = (snap.version, self.catalogue.state_key(), q.k, q.offset, q.exclude_seen,

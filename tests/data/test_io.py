@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from attnrec.benchmarking import shared_data
 from attnrec.data import (
     ColumnMap,
     DataError,
@@ -23,7 +24,7 @@ from attnrec.data import (
     read_sequences,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = shared_data()
 
 # user, item, timestamp, rating -- deliberately not in chronological order in the file
 ROWS = [

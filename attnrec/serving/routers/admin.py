@@ -39,7 +39,10 @@ async def metrics(service: ServiceDep) -> Response:
 
 @router.get("/admin/model", response_model=ModelInfo, summary="The model being served")
 async def model_info(request: Request, service: ServiceDep) -> FastJSON:
-    return FastJSON(snapshot(request, service).info())
+    snap = snapshot(request, service)
+    trained = (snap.config.get("info") or {}).get("event_types")
+    return FastJSON({**snap.info(), "event_types": service.settings.event_types,
+                     "trained_event_types": trained})
 
 
 @router.post("/admin/reload", response_model=ReloadResult, dependencies=[WriteKey],

@@ -22,8 +22,10 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from attnrec.jsonable import to_jsonable
+from attnrec.models.base import Capability
 from attnrec.serving.deps import UNAVAILABLE, ServiceDep, check_limit, redact_paths, snapshot
-from attnrec.serving.engine import ModelSnapshot, _json_safe
+from attnrec.serving.engine import ModelSnapshot
 from attnrec.serving.responses import FastJSON
 from attnrec.serving.schemas import HARD_MAX_LIST, PathId, RawId, Strict
 
@@ -63,9 +65,14 @@ class AttentionMaps(BaseModel):
     length: int = Field(description="Items the model sees (the last max_len of the sequence)")
     n_layers: int
     n_heads: int
+    causal: bool = Field(description="Whether a position attends only to itself and earlier ones "
+                                     "(SASRec) or both ways (BERT4Rec); declared by the model")
     layers: list[list[list[list[float]]]] = Field(
         description="layers[l][h][query][key]: weight of key position for query position "
-                    "(relative to offset); causal, so keys after the query are 0")
+                    "(relative to offset); when causal, keys after the query are 0")
+    rollout: list[list[float]] = Field(
+        description="rollout[query][key]: attention rollout over all layers (Abnar & Zuidema 2020), "
+                    "the weights the explanations start from, computed by the model")
 
 
 class SequenceAttention(BaseModel):
@@ -222,7 +229,8 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
     model = snap.model
     validation = bundle.get("validation")
     vhist = (validation or {}).get("history") or []
-    training = [{k: v for k, v in h.items() if k != "seconds"} for h in (getattr(model, "history_", None) or [])]
+    history = model.training_summary()["history"] if model.supports(Capability.REFIT) else []
+    training = [{k: v for k, v in h.items() if k != "seconds"} for h in history]
     if validation is not None:
         validation = {k: v for k, v in validation.items() if k != "history"}
         validation["history"] = [{k: v for k, v in h.items() if k in ("epoch", "loss", "NDCG@10")}
@@ -231,15 +239,15 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
         "version": snap.version, "model": snap.model_name, "saved_at": info.get("saved_at"),
         "dataset": _dataset_name(bundle.get("dataset") or bundle.get("data")),
         "protocol": bundle.get("protocol"),
-        "n_items": snap.n_items, "n_users": len(snap.user_map),
+        "n_items": snap.n_items, "n_users": len(snap.user_map) - service.deleted_model_users(snap),
         "n_interactions": int(model.train_data_.n_interactions),
         "has_catalogue": snap.catalogue is not None, "categories": sorted(snap.category_codes),
         "explain_method": snap.explain_method,
-        "attention": callable(getattr(model, "attention_weights", None)),
+        "attention": model.supports(Capability.ATTENTION),
         "params": {k: params[k] for k in _CARD_PARAMS if k in params},
         "metrics": info.get("metrics") or {}, "validation": validation, "training": training,
     }
-    return FastJSON(_json_safe(card))
+    return FastJSON(to_jsonable(card))
 
 
 def _dataset_name(value: Any) -> Any:
@@ -259,12 +267,14 @@ def _sequence_payload(snap: ModelSnapshot, seq: np.ndarray, n_fit: int, user: st
                         "category": e.category if e else None, "live": pos >= n_fit})
     attention = None
     model = snap.model
-    if len(seq) and callable(getattr(model, "attention_weights", None)):
-        weights, lens = model.attention_weights([np.asarray(seq, dtype=np.int64)])
-        L = int(lens[0])
-        layers = [np.round(w[0, :, :L, :L].double().numpy(), _WEIGHT_DIGITS).tolist() for w in weights]
-        attention = {"offset": len(seq) - L, "length": L, "n_layers": len(layers),
-                     "n_heads": len(layers[0]) if layers else 0, "layers": layers}
+    if len(seq) and model.supports(Capability.ATTENTION):
+        maps = model.attention_maps([np.asarray(seq, dtype=np.int64)])
+        L = int(maps.lengths[0])
+        layers = [np.round(w.double().numpy(), _WEIGHT_DIGITS).tolist() for w in maps.history_maps(0)]
+        rollout = np.round(maps.rollout(0)[:L, :L].double().numpy(), _WEIGHT_DIGITS).tolist()
+        attention = {"offset": maps.offset(0, len(seq)), "length": L, "n_layers": len(layers),
+                     "n_heads": len(layers[0]) if layers else 0, "causal": maps.causal,
+                     "layers": layers, "rollout": rollout}
     return {"user": user, "known_to_model": known, "model_version": snap.version,
             "history_total": int(len(seq)), "history": history, "attention": attention,
             "unknown_items": unknown}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Request, status
 from starlette.concurrency import run_in_threadpool
 
@@ -77,7 +76,8 @@ async def delete_item(request: Request, item: ItemPath, service: ServiceDep) -> 
 
 @router.get("/{item}/similar", response_model=Recommendations,
             openapi_extra=query_openapi(SimilarQuery),
-            summary="Items the model recommends to someone who just had this one")
+            summary="The most similar items under the model's item-item similarity "
+                    "(EASE weights, kNN similarities, cosine of item vectors or of item texts)")
 async def similar_items(request: Request, item: ItemPath, service: ServiceDep) -> FastJSON:
     q = _similar_query(request)
     check_limit("k", q.k, service.settings.max_k)
@@ -87,13 +87,12 @@ async def similar_items(request: Request, item: ItemPath, service: ServiceDep) -
     dense = snap.item_map.get(item)
     if dense is None or service.catalogue.deleted(item):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"item {item!r} is unknown to the model")
-    history = np.array([dense], dtype=np.int64)
-    kw = dict(k=q.k, offset=q.offset, exclude_seen=True, exclude=q.exclude, categories=q.categories,
-              exclude_categories=q.exclude_categories, explain=False)
+    kw = dict(k=q.k, offset=q.offset, exclude=q.exclude, categories=q.categories,
+              exclude_categories=q.exclude_categories)
     if snap.inline:
-        out = service.recommend_history(snap, history, True, **kw)
+        out = service.similar_items(snap, dense, **kw)
     else:
-        out = await run_in_threadpool(service.recommend_history, snap, history, True, **kw)
+        out = await run_in_threadpool(service.similar_items, snap, dense, **kw)
     return FastJSON(out)
 
 
