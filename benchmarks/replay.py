@@ -60,7 +60,7 @@ def free_port() -> int:
 
 def load_events(dataset: str, shop_users: int, seed: int):
     """``(users, items, times)`` raw arrays, sorted by time (ties: file order)."""
-    from attnrec.data.io import read_log
+    from attnrec.data.readers import read_log
     from attnrec.data.synthetic import generate
 
     if dataset == "ml-100k":
