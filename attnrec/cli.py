@@ -407,6 +407,16 @@ DB_URL = typer.Option(..., "--db", help="The service's database URL (e.g. sqlite
 SERVICE_DIR = typer.Option(None, "--data-dir", help="The service's --data-dir (its secret.key; default .attnrec). ATTNREC_SECRET and ATTNREC_EVENT_TYPES are read as the service reads them.")
 
 
+def _guard_store(fn, *args, **kwargs):
+    """``_guard``, and a database that does not answer is one line too."""
+    from attnrec.serving.store import StoreUnavailable
+
+    try:
+        return _guard(fn, *args, **kwargs)
+    except StoreUnavailable as e:
+        _fail(str(e))
+
+
 @events_app.command("export")
 def events_export(
     db: str = DB_URL,
@@ -418,7 +428,7 @@ def events_export(
     from attnrec.continuous import export_events, service_secret_and_types
 
     secret, types = _guard(service_secret_and_types, db, data_dir)
-    counts = _guard(export_events, db, out, secret=secret, event_types=types, positives_only=positives_only)
+    counts = _guard_store(export_events, db, out, secret=secret, event_types=types, positives_only=positives_only)
     console.print(f"wrote {counts['written']} events to {out} (left out: {counts['not_positive']} not positive)")
 
 
@@ -439,7 +449,7 @@ def retrain(
 
     params = {k: v for pair in param for k, v in [_guard(pipeline.parse_kv, pair)]}
     secret, types = _guard(continuous.service_secret_and_types, db, data_dir)
-    res = _guard(continuous.retrain, bundle, db, out, tolerance=tolerance, warm_start=warm_start,
+    res = _guard_store(continuous.retrain, bundle, db, out, tolerance=tolerance, warm_start=warm_start,
                  warm_epochs=warm_epochs, params=params, threads=threads, secret=secret, event_types=types)
     console.print(res.summary(), highlight=False)
     if not res.accepted:

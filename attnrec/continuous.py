@@ -96,10 +96,13 @@ class StoreView:
 
     @classmethod
     def open(cls, url: str, secret: bytes, bundle: Path | None = None) -> "StoreView":
-        from attnrec.serving.erasure import read_erasures
+        from attnrec.serving.erasure import SecretMismatch, read_erasures
         from attnrec.serving.store import EventStore
 
-        erasures = read_erasures(bundle, secret) if bundle is not None else set()  # checks the secret
+        try:
+            erasures = read_erasures(bundle, secret) if bundle is not None else set()  # checks the secret
+        except SecretMismatch as e:
+            raise ValueError(str(e)) from None
         return cls(EventStore(url, secret=secret), erasures)
 
     def close(self) -> None:

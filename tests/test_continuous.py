@@ -390,3 +390,12 @@ def test_failed_write_leaves_the_current_bundle_untouched(tmp_path, monkeypatch)
         write_bundle_atomically(m, out, {}, {})
     assert (out / "config.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no temporary directory, no .previous
+
+
+def test_bundle_erasures_written_with_another_secret_are_refused(served, tmp_path):
+    from attnrec.serving.erasure import write_erasures
+
+    bundle, url, _ = served
+    write_erasures(bundle, b"some-other-secret", {"ab" * 32})
+    with pytest.raises(ValueError, match="written with a different server secret"):
+        retrain(bundle, url, tmp_path / "new", event_types=EventTypes(), secret=SECRET)
