@@ -304,6 +304,10 @@ class Recommender:
         """
         raise self._refuse(Capability.SIMILAR_ITEMS, "it has no item-item similarity")
 
+    def warm_start_from(self, fitted: "Recommender") -> "Recommender":
+        """``WARM_START``: make the next ``fit`` start from ``fitted``'s weights; returns self."""
+        raise self._refuse(Capability.WARM_START, "it is fitted from scratch every time")
+
     # ---- persistence -----------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         """Learned tensors to store (besides item counts and sequences)."""

@@ -181,7 +181,7 @@ class SASRec(NeuralSequenceModel):
         # sequences (Amazon categories), 0.2 on dense data with long ones (MovieLens)
         mean_len = float(data.lengths.mean()) if data.n_users else 0.0
         self.dropout_ = (0.5 if mean_len < 20 else 0.2) if self.dropout == "auto" else float(self.dropout)
-        self.net_ = self._build(data.n_items)
+        self.net_ = self._build_for_fit(data)
         if self.private:
             return self._fit_private(data)
         starts, lens = training_windows(data, self.max_len)
