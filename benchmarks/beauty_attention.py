@@ -160,6 +160,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", help="write the results as JSON here")
     ap.add_argument("--checkpoint-dir", help="checkpoint each epoch here and resume from it if present")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other SASRec hyperparameter, e.g. -p training=prefixes -p align=right")
     ap.add_argument("--timing-epochs", type=int,
                     help="only time this many epochs on train_full (no evaluation) against the lower bound")
     args = ap.parse_args(argv)
@@ -179,6 +181,11 @@ def main(argv=None) -> dict:
         params["pre_ln"] = False
     if args.separate_output:
         params["shared_embeddings"] = False
+    from attnrec.pipeline import parse_value
+
+    for pair in args.param:
+        key, _, value = pair.partition("=")
+        params[key] = parse_value(value)
     params["num_threads"] = args.threads
     if args.checkpoint_dir:
         params.update(checkpoint_dir=str(Path(args.checkpoint_dir) / "select"), resume=True)

@@ -244,8 +244,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Attention + FFN with residuals, pre-LN or post-LN.
 
-    An optional ``mixer`` module (``(B, T, d) -> (B, T, d)``) is added beside
-    self-attention: ``mix = alpha * mixer(x) + (1 - alpha) * attn(x)`` (used by
+    An optional ``mixer`` module (``mixer(x (B, T, d), key_padding_mask) -> (B, T, d)``,
+    padding positions must not leak into real ones) is added beside self-attention:
+    ``mix = alpha * mixer(x) + (1 - alpha) * attn(x)`` (used by
     the BSARec-style frequency branch of SASRec); ``None`` = plain attention.
     """
 
@@ -266,7 +267,7 @@ class TransformerBlock(nn.Module):
         a, w = self.attn(x, causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
                          need_weights=need_weights)  # (B, T, d)
         if self.mixer is not None:
-            a = self.alpha * self.mixer(x) + (1.0 - self.alpha) * a
+            a = self.alpha * self.mixer(x, key_padding_mask) + (1.0 - self.alpha) * a
         return a, w
 
     def forward(

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -237,18 +236,10 @@ class ContentSASRecNet(SASRecNet):
         # the same sampled item table as the inputs of this training step
         return self._table if (self.training and self._table is not None) else self.item_table()
 
-    def forward(self, seq: torch.Tensor, need_weights: bool = False):
+    def item_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         table = self.item_table()
         self._table = table if self.training else None
-        T = seq.shape[1]
-        x = table[seq] * math.sqrt(self.cfg.d_model)  # (B, T, d)
-        x = self.emb_drop(x + self.pos_emb.weight[:T])
-        weights = []
-        for block in self.blocks:
-            x, w = block(x, causal=True, need_weights=need_weights)
-            weights.append(w)
-        x = self.ln_f(x)
-        return (x, weights) if need_weights else x
+        return table[seq]  # (B, T, d)
 
 
 @register("sasrec-content")
@@ -288,7 +279,8 @@ class ContentSASRec(_ContentMixin, SASRec):
             raise ValueError("sasrec-content supports loss='ce' only")
         net = ContentSASRecNet(n_items, self.max_len, self._attention_config(), self.n_layers,
                                dict(self.content_spec_), self.min_count, self.item_dropout,
-                               shared_embeddings=True, mixer=self.mixer, alpha=self.alpha)
+                               shared_embeddings=True, mixer=self.mixer, alpha=self.alpha,
+                               align=self.align, emb_ln=self.emb_ln, scale_emb=self.scale_emb)
         if getattr(self, "_fit_inputs", None) is not None:
             table, text, counts = self._fit_inputs
             net.content.set_rows(text, table)

@@ -69,6 +69,8 @@ from attnrec.models.neural import NeuralSequenceModel
 log = logging.getLogger(__name__)
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
+TRAININGS = ("positions", "prefixes")
+ALIGNS = ("left", "right")
 
 
 # --------------------------------------------------------------------------
@@ -88,31 +90,45 @@ class CausalLowPass(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(tau0)))
         self.beta = nn.Parameter(torch.zeros(1, 1, d_model))  # starts with no high-frequency part
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         T = x.shape[1]
         t = torch.arange(T, device=x.device, dtype=x.dtype)
         lag = t[:, None] - t[None, :]  # (T, T)
         w = torch.exp(-lag.clamp(min=0) / self.log_tau.exp().to(x.dtype)) * (lag >= 0)
-        w = w / w.sum(1, keepdim=True)  # (T, T) rows sum to 1
-        low = torch.einsum("ts,bsd->btd", w, x)  # (B, T, d)
+        if key_padding_mask is None:
+            w = w / w.sum(1, keepdim=True)  # (T, T) rows sum to 1
+            low = torch.einsum("ts,bsd->btd", w, x)  # (B, T, d)
+        else:  # left padding: padding keys get no weight
+            w = w[None] * (~key_padding_mask)[:, None, :].to(x.dtype)  # (B, T, T)
+            w = w / w.sum(2, keepdim=True).clamp_min(1e-12)
+            low = torch.einsum("bts,bsd->btd", w, x)  # (B, T, d)
         return low + self.beta * (x - low)
 
 
 class SASRecNet(nn.Module):
-    """Item + position embeddings -> causal transformer blocks -> hidden states."""
+    """Item + position embeddings -> causal transformer blocks -> hidden states.
+
+    ``align`` places the positional indices: ``"left"`` = right-padded input,
+    the oldest item of a window at index 0; ``"right"`` = left-padded input,
+    the newest item always at index ``max_len - 1`` (padding keys are masked).
+    """
 
     def __init__(self, n_items: int, max_len: int, cfg: AttentionConfig, n_layers: int,
                  shared_embeddings: bool = True, mixer: str = "none", alpha: float = 0.5,
-                 sparse_grad: bool = False):
+                 sparse_grad: bool = False, align: str = "left", emb_ln: bool = False,
+                 scale_emb: bool = True):
         super().__init__()
         d = cfg.d_model
         self.n_items = n_items
         self.max_len = max_len
         self.cfg = cfg
+        self.align = align
+        self.scale = math.sqrt(d) if scale_emb else 1.0
         # sparse_grad: item tables get row-sparse gradients (SparseAdam in the training loop)
         self.sparse_grad = sparse_grad
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_grad)
         self.pos_emb = nn.Embedding(max_len, d)
+        self.emb_ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if emb_ln else nn.Identity()
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, mixer=CausalLowPass(d) if mixer == "lowpass" else None, alpha=alpha)
@@ -143,16 +159,25 @@ class SASRecNet(nn.Module):
         """Output embeddings of ``ids`` (any shape) -> ``ids.shape + (d,)``; row-sparse gradient if asked."""
         return F.embedding(ids, self.output_weight(), sparse=self.sparse_grad)
 
+    def item_vectors(self, seq: torch.Tensor) -> torch.Tensor:
+        """Input item embeddings ``(B, T, d)`` of ``seq`` (B, T)."""
+        return self.item_emb(seq)
+
     def forward(self, seq: torch.Tensor, need_weights: bool = False):
-        """``seq`` (B, T) right-padded item ids -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
+        """``seq`` (B, T) padded item ids (see ``align``) -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
         B, T = seq.shape
-        x = self.item_emb(seq) * math.sqrt(self.cfg.d_model)  # (B, T, d)
-        x = x + self.pos_emb.weight[:T]  # (B, T, d)
-        x = self.emb_drop(x)
+        x = self.item_vectors(seq) * self.scale  # (B, T, d)
+        if self.align == "right":
+            x = x + self.pos_emb.weight[self.max_len - T:]  # newest item at index max_len - 1
+            pad = seq == 0  # (B, T) left padding; causal alone would let queries see it
+            pad = pad if bool(pad.any()) else None
+        else:
+            x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key
+            pad = None
+        x = self.emb_drop(self.emb_ln(x))
         weights = []
         for block in self.blocks:
-            # right padding + causal mask: a real position never sees a padding key
-            x, w = block(x, causal=True, need_weights=need_weights)  # (B, T, d)
+            x, w = block(x, causal=True, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
             weights.append(w)
         x = self.ln_f(x)
         return (x, weights) if need_weights else x
@@ -239,13 +264,68 @@ def training_windows(data: SequenceData, max_len: int) -> tuple[np.ndarray, np.n
 
 def pad_right(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Last ``max_len`` items of each history, right-padded -> ``(seq (B, T), lengths (B,))``."""
+    return _pad(histories, max_len, left=False)
+
+
+def pad_left(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last ``max_len`` items of each history, left-padded (newest item in the last column)."""
+    return _pad(histories, max_len, left=True)
+
+
+def _pad(histories: Sequence[np.ndarray], max_len: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
     lens = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
     T = max(1, int(lens.max()) if len(lens) else 1)
     seq = np.zeros((len(histories), T), dtype=np.int64)
     for i, h in enumerate(histories):
         if lens[i]:
-            seq[i, : lens[i]] = np.asarray(h[-lens[i]:], dtype=np.int64)
+            row = np.asarray(h[-lens[i]:], dtype=np.int64)
+            if left:
+                seq[i, T - lens[i]:] = row
+            else:
+                seq[i, : lens[i]] = row
     return torch.from_numpy(seq), torch.from_numpy(lens)
+
+
+def training_prefixes(data: SequenceData, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ends, lengths)`` into ``data.items``: one sample per target ``items[e]``, input ``items[e-n:e]``.
+
+    Every target of every sequence (all but each sequence's first item) is one
+    sample; its input is the at most ``max_len`` items before it.
+    """
+    starts = np.repeat(data.indptr[:-1], np.diff(data.indptr))  # sequence start of every item
+    ends = np.arange(len(data.items), dtype=np.int64)
+    keep = ends > starts
+    ends = ends[keep]
+    return ends, np.minimum(ends - starts[keep], max_len).astype(np.int64)
+
+
+def batch_order(lens: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Random batches of sample indices, similar lengths together (little padding), in random order.
+
+    Shuffle, sort by length inside groups of 64 batches, cut into batches, shuffle the batches.
+    """
+    perm = rng.permutation(len(lens))
+    group = batch_size * 64
+    order = []
+    for g in range(0, len(perm), group):
+        idx = perm[g : g + group]
+        order.append(idx[np.argsort(lens[idx], kind="stable")])
+    order = np.concatenate(order) if order else perm
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [chunks[j] for j in rng.permutation(len(chunks))]
+
+
+def gather_padded(items: np.ndarray, first: np.ndarray, n: np.ndarray, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``items[first[i] : first[i] + n[i]]`` padded to ``(B, max n)`` -> ``(index (B, T), real (B, T))``.
+
+    ``index`` holds positions into ``items`` (0 where padding), ``real`` marks
+    the real cells; ``left=True`` puts the padding on the left.
+    """
+    T = int(n.max())
+    ar = np.arange(T)[None, :]
+    off = ar - (T - n[:, None]) if left else np.broadcast_to(ar, (len(n), T))
+    real = (off >= 0) & (off < n[:, None])  # (B, T)
+    return np.where(real, first[:, None] + off, 0), real
 
 
 # --------------------------------------------------------------------------
@@ -282,6 +362,10 @@ class SASRec(NeuralSequenceModel):
         shared_embeddings: bool = True,
         mixer: str = "lowpass",
         alpha: float = 0.7,
+        training: str = "positions",
+        align: str = "left",
+        emb_ln: bool = False,
+        scale_emb: bool = True,
         loss: str = "ce",
         n_negatives: int = 256,
         negative_sampling: str = "uniform",
@@ -317,6 +401,10 @@ class SASRec(NeuralSequenceModel):
         self.shared_embeddings = shared_embeddings
         self.mixer = mixer
         self.alpha = alpha
+        self.training = training
+        self.align = align
+        self.emb_ln = emb_ln
+        self.scale_emb = scale_emb
         self.loss = loss
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
@@ -358,9 +446,12 @@ class SASRec(NeuralSequenceModel):
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.mixer not in ("none", "lowpass"):
             raise ValueError(f"mixer must be 'none' or 'lowpass', got {self.mixer!r}")
+        if self.align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {self.align!r}")
         return SASRecNet(n_items, self.max_len, self._attention_config(), self.n_layers,
                          self.shared_embeddings, self.mixer, self.alpha,
-                         sparse_grad=self._sparse_grad_value(n_items))
+                         sparse_grad=self._sparse_grad_value(n_items), align=self.align,
+                         emb_ln=self.emb_ln, scale_emb=self.scale_emb)
 
     #: catalogue size from which ``sparse_grad="auto"`` switches sparse gradients on
     SPARSE_GRAD_MIN_ITEMS: ClassVar[int] = 100_000
@@ -389,8 +480,16 @@ class SASRec(NeuralSequenceModel):
         mean_len = float(data.lengths.mean()) if data.n_users else 0.0
         self.dropout_ = (0.5 if mean_len < 20 else 0.2) if self.dropout == "auto" else float(self.dropout)
         self.net_ = self._build(data.n_items)
-        starts, lens = training_windows(data, self.max_len)
-        if len(starts) == 0:
+        if self.training not in TRAININGS:
+            raise ValueError(f"training must be one of {TRAININGS}, got {self.training!r}")
+        prefixes = self.training == "prefixes"
+        left = self.align == "right"  # right-aligned positions = left padding
+        if prefixes:  # one sample per target: (end, n) -> input items[end-n:end], target items[end]
+            ends, lens = training_prefixes(data, self.max_len)
+            firsts = ends - lens
+        else:  # one sample per window: inputs items[s:s+n], targets items[s+1:s+n+1]
+            firsts, lens = training_windows(data, self.max_len)
+        if len(firsts) == 0:
             raise ValueError("no training targets: every sequence has fewer than 2 items")
         counts = data.item_counts().astype(np.float64)
         self._neg_probs = None
@@ -399,36 +498,29 @@ class SASRec(NeuralSequenceModel):
             self._neg_probs = torch.from_numpy(p)
         elif self.negative_sampling != "uniform":
             raise ValueError("negative_sampling must be 'uniform' or 'popularity'")
-        bs = self.batch_size
+        items = data.items
 
         def batches(epoch: int, rng: np.random.Generator):
-            # shuffle, then sort by length inside groups of 64 batches: little padding, random order
-            perm = rng.permutation(len(starts))
-            group = bs * 64
-            order = []
-            for g in range(0, len(perm), group):
-                idx = perm[g : g + group]
-                order.append(idx[np.argsort(lens[idx], kind="stable")])
-            order = np.concatenate(order)
-            chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
-            for j in rng.permutation(len(chunks)):
-                sel = chunks[j]
-                s, n = starts[sel], lens[sel]
-                T = int(n.max())
-                ar = np.arange(T)
-                mask = ar[None, :] < n[:, None]  # (B, T)
-                pos = np.where(mask, s[:, None] + ar[None, :], 0)
-                seq = torch.from_numpy(np.where(mask, data.items[pos], 0))
-                tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
-                yield seq, tgt, torch.from_numpy(mask)
+            for sel in batch_order(lens, self.batch_size, rng):
+                n = lens[sel]
+                idx, real = gather_padded(items, firsts[sel], n, left)
+                seq = torch.from_numpy(np.where(real, items[idx], 0))  # (B, T)
+                if prefixes:  # the target follows the last input
+                    last = real.shape[1] - 1 if left else n - 1
+                    yield seq, torch.from_numpy(items[firsts[sel] + n]), torch.from_numpy(np.asarray(last))
+                else:  # every position predicts the next item
+                    tgt = torch.from_numpy(np.where(real, items[np.where(real, idx + 1, 0)], 0))
+                    yield seq, tgt, torch.from_numpy(real)
 
         def loss_fn(module, batch) -> torch.Tensor:
-            seq, tgt, mask = batch
+            seq, tgt, where = batch
             h = module(seq)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
-            return self._loss(h[mask], tgt[mask])  # (N, d), (N,)
+            if prefixes:  # the hidden state after each sample's newest item
+                return self._loss(h[torch.arange(len(seq)), where], tgt)  # (B, d), (B,)
+            return self._loss(h[where], tgt[where])  # (N, d), (N,)
 
         self._train(batches, loss_fn, valid)
-        self.n_train_targets_ = int(lens.sum())
+        self.n_train_targets_ = int(lens.sum()) if not prefixes else int(len(lens))
 
     def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Loss for hidden states ``h`` (N, d) and target ids ``tgt`` (N,)."""
@@ -472,6 +564,9 @@ class SASRec(NeuralSequenceModel):
         """Final hidden state of each history's last ``max_len`` items: ``(B, d)``."""
         self._check_fitted()
         self.net_.eval()
+        if self.align == "right":
+            seq, _ = pad_left(histories, self.max_len)
+            return self.net_(seq)[:, -1]  # (B, d)
         seq, lens = pad_right(histories, self.max_len)
         h = self.net_(seq)  # (B, T, d)
         return h[torch.arange(len(lens)), (lens - 1).clamp(min=0)]  # (B, d)
@@ -482,14 +577,26 @@ class SASRec(NeuralSequenceModel):
 
         Returns ``(weights, lengths)``: ``weights[l]`` is ``(B, H, T, T)`` for layer
         ``l`` (query position x key position, right-padded: history ``b``
-        occupies positions ``0 .. lengths[b]-1``, oldest first); rows of real
-        positions sum to 1 over their (causal) keys.
+        occupies positions ``0 .. lengths[b]-1``, oldest first, whatever ``align``
+        the network uses); rows of real positions sum to 1 over their (causal) keys.
         """
         self._check_fitted()
         self.net_.eval()
-        seq, lens = pad_right([np.asarray(h, dtype=np.int64) for h in histories], self.max_len)
+        hs = [np.asarray(h, dtype=np.int64) for h in histories]
+        if self.align != "right":
+            seq, lens = pad_right(hs, self.max_len)
+            _, weights = self.net_(seq, need_weights=True)
+            return [w.float() for w in weights], lens
+        seq, lens = pad_left(hs, self.max_len)
         _, weights = self.net_(seq, need_weights=True)
-        return [w.float() for w in weights], lens
+        T = seq.shape[1]
+        out = []
+        for w in weights:  # move each history's block from the bottom-right corner to the top-left
+            r = torch.zeros_like(w, dtype=torch.float32)
+            for b, n in enumerate(lens.tolist()):
+                r[b, :, :n, :n] = w[b, :, T - n:, T - n:].float()
+            out.append(r)
+        return out, lens
 
     # ---- persistence -----------------------------------------------------
     def _extra_config(self) -> dict[str, Any]:

@@ -163,3 +163,34 @@ def test_sparse_grad_checkpoint_resume_continues_both_optimisers(tmp_path):
     assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
     for k, v in full.net_.state_dict().items():
         torch.testing.assert_close(resumed.net_.state_dict()[k], v, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("training,align", [("prefixes", "right"), ("positions", "right"), ("prefixes", "left")])
+def test_training_and_alignment_variants_learn_planted_rule(training, align):
+    m = SASRec(**FAST, epochs=15 if training == "prefixes" else 25, training=training, align=align).fit(planted())
+    res = evaluate(m, probe_set(), ks=(1, 10))
+    assert res["HR@1"] > 0.6, (training, align, res.metrics)
+
+
+def test_training_prefixes_cover_every_target_once():
+    from attnrec.models.sasrec import training_prefixes
+
+    data = SequenceData.from_lists([[1, 2, 3, 4, 5, 6, 7], [8, 9], [10]], 10)
+    ends, lens = training_prefixes(data, max_len=3)
+    assert data.items[ends].tolist() == [2, 3, 4, 5, 6, 7, 9]  # every item but each sequence's first
+    assert lens.tolist() == [1, 2, 3, 3, 3, 3, 1]  # inputs capped at max_len, never crossing users
+    assert [data.items[e - n:e].tolist() for e, n in zip(ends, lens)][3] == [2, 3, 4]
+
+
+@pytest.mark.parametrize("mixer", ["none", "lowpass"])
+def test_right_alignment_ignores_left_padding(mixer):
+    """A history gives the same scores alone and in a batch with a longer one (left padding masked)."""
+    m = SASRec(**FAST, epochs=2, align="right", mixer=mixer).fit(planted(n_users=50))
+    short, long = np.array([3, 25, 13]), np.arange(21, 35)
+    alone = m.score([short])
+    batched = m.score([short, long])
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    w, lens = m.attention_weights([short, long])
+    assert lens.tolist() == [3, 14]
+    assert torch.allclose(w[0][0, :, :3, :3].sum(-1), torch.ones(FAST["n_heads"], 3), atol=1e-5)
+    assert float(w[0][0, :, :, 3:].abs().sum()) == 0.0  # nothing beyond the short history
