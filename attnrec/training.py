@@ -88,6 +88,11 @@ class TrainConfig:
     lr_decay_patience: int | None = None
     lr_decay_factor: float = 0.5
     lr_decay_epochs: tuple[int, ...] = ()
+    # per-epoch schedule of the rate over a fixed horizon (lr_schedule_epochs, default epochs):
+    # "constant", "cosine" (lr * (1 + cos(pi * (epoch - 1) / horizon)) / 2) or "linear" (to 0);
+    # a refit that stops early keeps the selection run's horizon, so its epochs get the same rates
+    lr_schedule: str = "constant"
+    lr_schedule_epochs: int | None = None
     desc: str = "train"
 
 
@@ -106,6 +111,19 @@ class TrainResult:
         if not math.isfinite(d["best_metric"]):
             d["best_metric"] = None
         return d
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_at(cfg: TrainConfig, epoch: int, n_decays: int = 0) -> float:
+    """The learning rate of (1-based) ``epoch`` after ``n_decays`` plateau/listed decays."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    horizon = max(1, int(cfg.lr_schedule_epochs or cfg.epochs))
+    frac = min(1.0, (epoch - 1) / horizon)
+    mult = {"constant": 1.0, "cosine": 0.5 * (1.0 + math.cos(math.pi * frac)), "linear": 1.0 - frac}
+    return cfg.lr * mult[cfg.lr_schedule] * cfg.lr_decay_factor ** n_decays
 
 
 def seed_everything(seed: int) -> None:
@@ -197,6 +215,7 @@ def train(
             random.seed(es)
             torch.manual_seed(es)
             rng = np.random.default_rng(es)
+            optimizer.set_lr(lr_at(cfg, epoch, len(result.lr_decays)))
             module.train()
             total, n = 0.0, 0
             for batch in dist_utils.shard(batches(epoch, rng), rank, world):
@@ -309,6 +328,11 @@ class _Optimizer:
     def step(self) -> None:
         for o in self.optimizers:
             o.step()
+
+    def set_lr(self, lr: float) -> None:
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] = lr
 
     def scale_lr(self, factor: float) -> None:
         for o in self.optimizers:

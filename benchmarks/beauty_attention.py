@@ -158,6 +158,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--protocol", choices=["refit", "train-only"], default="refit")
     ap.add_argument("--max-seconds", type=float, help="wall budget per training phase")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--save", help="save the selected (train-only) model as a bundle here, and the "
+                                   "refitted one under <dir>-refit")
     ap.add_argument("--checkpoint-dir", help="checkpoint each epoch here and resume from it if present")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
@@ -218,6 +220,8 @@ def main(argv=None) -> dict:
     sel_test = evaluate(model, split.test, ks=(5, 10, 20))
     log.info("early-stopped model (trained on train only) on test: %s",
              {k: round(v, 4) for k, v in sel_test.metrics.items() if k.split("@")[0] in ("HR", "NDCG")})
+    if args.save:
+        model.save(args.save)
     final = model
     t_refit = 0.0
     if args.protocol == "refit":
@@ -227,6 +231,8 @@ def main(argv=None) -> dict:
             refit["checkpoint_dir"] = str(Path(args.checkpoint_dir) / "refit")
         final = SASRec(**refit).fit(split.train_full)
         t_refit = time.perf_counter() - t0
+        if args.save:
+            final.save(args.save + "-refit")
     # throughput again after training (the machine is shared): keep the best = tightest bound
     thr2 = measure_throughput(p["d_model"], V, p["ce_chunk"], dtype)
     thr = {**thr, **{k: max(thr[k], thr2[k]) for k in ("logits_gflops", "encoder_gflops")}}

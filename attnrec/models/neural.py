@@ -45,6 +45,9 @@ class NeuralSequenceModel(Recommender):
             compile=self.compile, num_threads=self.num_threads, progress=self.progress,
             max_seconds=self.max_seconds, lr_decay_patience=self.lr_decay_patience,
             lr_decay_epochs=tuple(self.lr_decay_epochs or ()), desc=self.model_name,
+            # models without a schedule hyperparameter train at a constant rate
+            lr_schedule=self.get_params().get("lr_schedule", "constant"),
+            lr_schedule_epochs=self.get_params().get("lr_schedule_epochs"),
         )
 
     def refit_params(self) -> dict[str, Any]:
@@ -58,8 +61,11 @@ class NeuralSequenceModel(Recommender):
         self._check_fitted()
         best = max(1, int(self.best_epoch_))
         decays = [e for e in (getattr(self, "lr_decays_", None) or []) if e < best]
-        return {"epochs": best, "patience": None, "max_seconds": None,
-                "lr_decay_patience": None, "lr_decay_epochs": decays}
+        out = {"epochs": best, "patience": None, "max_seconds": None,
+               "lr_decay_patience": None, "lr_decay_epochs": decays}
+        if "lr_schedule" in self.get_params():  # the refit follows the selection run's schedule
+            out["lr_schedule_epochs"] = self.lr_schedule_epochs or self.epochs
+        return out
 
     def _train(self, batches: Callable[[int, np.random.Generator], Iterable[Any]],
                loss_fn: Callable[..., torch.Tensor], valid: EvalSet | None) -> TrainResult:

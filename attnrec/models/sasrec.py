@@ -388,6 +388,8 @@ class SASRec(NeuralSequenceModel):
         sparse_grad: bool | str = "auto",
         lr_decay_patience: int | None = None,
         lr_decay_epochs: tuple[int, ...] | list[int] = (),
+        lr_schedule: str = "constant",
+        lr_schedule_epochs: int | None = None,
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -426,6 +428,8 @@ class SASRec(NeuralSequenceModel):
         self.ce_chunk = ce_chunk
         self.lr_decay_patience = lr_decay_patience
         self.lr_decay_epochs = lr_decay_epochs
+        self.lr_schedule = lr_schedule
+        self.lr_schedule_epochs = lr_schedule_epochs
         self.sparse_grad = sparse_grad
 
     # ---- construction ----------------------------------------------------
