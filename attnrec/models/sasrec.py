@@ -62,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.models.attention import AttentionConfig, TransformerBlock
+from attnrec.models.attention import AttentionConfig, Dropout, TransformerBlock
 from attnrec.models.base import register
 from attnrec.models.neural import NeuralSequenceModel
 
@@ -129,7 +129,7 @@ class SASRecNet(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=0, sparse=sparse_grad)
         self.pos_emb = nn.Embedding(max_len, d)
         self.emb_ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if emb_ln else nn.Identity()
-        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.emb_drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, mixer=CausalLowPass(d) if mixer == "lowpass" else None, alpha=alpha)
             for _ in range(n_layers)
