@@ -87,6 +87,8 @@ def main(argv=None) -> dict:
         }
         for lo, hi in ((1, 3), (4, 7), (8, 19), (20, 10**9)):
             sel = (lens >= lo) & (lens <= hi)
+            if not sel.any():
+                continue
             row["by_history_length"][f"{lo}-{hi if hi < 10**9 else 'inf'}"] = {
                 "users": int(sel.sum()), "valid": float(v[sel].mean()), "test": float(t[sel].mean()),
                 "drop": float(1 - t[sel].mean() / v[sel].mean())}
