@@ -116,6 +116,28 @@ class TrainResult:
 LR_SCHEDULES = ("constant", "cosine", "linear")
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmuls (AVX512-BF16 or AMX; read from /proc/cpuinfo).
+
+    Without them bf16 autocast is emulated and slower than float32, so ``bf16="auto"``
+    stays off.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_bf16(value: bool | str) -> bool:
+    """``True``/``False`` as given; ``"auto"`` = :func:`cpu_has_fast_bf16`."""
+    if value == "auto":
+        return cpu_has_fast_bf16()
+    if value not in (True, False):
+        raise ValueError(f"bf16 must be true, false or 'auto', got {value!r}")
+    return bool(value)
+
+
 def lr_at(cfg: TrainConfig, epoch: int, n_decays: int = 0) -> float:
     """The learning rate of (1-based) ``epoch`` after ``n_decays`` plateau/listed decays."""
     if cfg.lr_schedule not in LR_SCHEDULES:

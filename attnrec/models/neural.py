@@ -20,7 +20,7 @@ import torch
 
 from attnrec.data.dataset import EvalSet
 from attnrec.models.base import Recommender
-from attnrec.training import TrainConfig, TrainResult, train
+from attnrec.training import TrainConfig, TrainResult, resolve_bf16, train
 
 
 class NeuralSequenceModel(Recommender):
@@ -39,9 +39,9 @@ class NeuralSequenceModel(Recommender):
     # ---- training --------------------------------------------------------
     def train_config(self) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
+            epochs=self._epochs_value(), lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
             eval_every=self.eval_every, metric="NDCG@10", seed=self.seed,
-            checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=self.bf16,
+            checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=resolve_bf16(self.bf16),
             compile=self.compile, num_threads=self.num_threads, progress=self.progress,
             max_seconds=self.max_seconds, lr_decay_patience=self.lr_decay_patience,
             lr_decay_epochs=tuple(self.lr_decay_epochs or ()), desc=self.model_name,
@@ -64,8 +64,12 @@ class NeuralSequenceModel(Recommender):
         out = {"epochs": best, "patience": None, "max_seconds": None,
                "lr_decay_patience": None, "lr_decay_epochs": decays}
         if "lr_schedule" in self.get_params():  # the refit follows the selection run's schedule
-            out["lr_schedule_epochs"] = self.lr_schedule_epochs or self.epochs
+            out["lr_schedule_epochs"] = self.lr_schedule_epochs or self._epochs_value()
         return out
+
+    def _epochs_value(self) -> int:
+        """The epoch budget of this fit (a subclass may resolve an ``"auto"`` value from the data)."""
+        return int(self.epochs)
 
     def _train(self, batches: Callable[[int, np.random.Generator], Iterable[Any]],
                loss_fn: Callable[..., torch.Tensor], valid: EvalSet | None) -> TrainResult:

@@ -370,14 +370,14 @@ class SASRec(NeuralSequenceModel):
         n_negatives: int = 256,
         negative_sampling: str = "uniform",
         gbce_t: float = 0.75,
-        epochs: int = 200,
+        epochs: int | str = 200,
         batch_size: int = 128,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         patience: int = 10,
         eval_every: int = 1,
         seed: int = 0,
-        bf16: bool = False,
+        bf16: bool | str = False,
         compile: bool = False,
         num_threads: int | None = None,
         checkpoint_dir: str | None = None,
@@ -457,6 +457,27 @@ class SASRec(NeuralSequenceModel):
                          sparse_grad=self._sparse_grad_value(n_items), align=self.align,
                          emb_ln=self.emb_ln, scale_emb=self.scale_emb)
 
+    #: optimiser steps that ``epochs="auto"`` budgets for, and the range of epochs it may give
+    AUTO_STEPS: ClassVar[int] = 3500
+    AUTO_EPOCHS: ClassVar[tuple[int, int]] = (10, 200)
+
+    def _epochs_value(self) -> int:
+        if self.epochs != "auto":
+            return int(self.epochs)
+        return int(self.epochs_)
+
+    def _auto_epochs(self, n_samples: int) -> int:
+        """``epochs="auto"``: enough epochs for :attr:`AUTO_STEPS` optimiser steps (a data-size rule).
+
+        The learning-rate schedule runs over this budget, so a small dataset (few
+        steps per epoch) gets more epochs and a large one fewer.
+        """
+        if self.epochs != "auto":
+            return int(self.epochs)
+        steps = max(1, math.ceil(n_samples / self.batch_size))
+        lo, hi = self.AUTO_EPOCHS
+        return int(min(hi, max(lo, math.ceil(self.AUTO_STEPS / steps))))
+
     #: catalogue size from which ``sparse_grad="auto"`` switches sparse gradients on
     SPARSE_GRAD_MIN_ITEMS: ClassVar[int] = 100_000
 
@@ -495,6 +516,7 @@ class SASRec(NeuralSequenceModel):
             firsts, lens = training_windows(data, self.max_len)
         if len(firsts) == 0:
             raise ValueError("no training targets: every sequence has fewer than 2 items")
+        self.epochs_ = self._auto_epochs(len(firsts))
         counts = data.item_counts().astype(np.float64)
         self._neg_probs = None
         if self.negative_sampling == "popularity":
@@ -604,9 +626,12 @@ class SASRec(NeuralSequenceModel):
 
     # ---- persistence -----------------------------------------------------
     def _extra_config(self) -> dict[str, Any]:
-        return {**super()._extra_config(), "dropout": getattr(self, "dropout_", None)}
+        return {**super()._extra_config(), "dropout": getattr(self, "dropout_", None),
+                "epochs": getattr(self, "epochs_", None)}
 
     def _load_extra_config(self, extra: dict[str, Any]) -> None:
         super()._load_extra_config(extra)
+        if extra.get("epochs") is not None:
+            self.epochs_ = int(extra["epochs"])
         if extra.get("dropout") is not None:
             self.dropout_ = float(extra["dropout"])

@@ -194,3 +194,24 @@ def test_right_alignment_ignores_left_padding(mixer):
     assert lens.tolist() == [3, 14]
     assert torch.allclose(w[0][0, :, :3, :3].sum(-1), torch.ones(FAST["n_heads"], 3), atol=1e-5)
     assert float(w[0][0, :, :, 3:].abs().sum()) == 0.0  # nothing beyond the short history
+
+
+def test_auto_epochs_budget_optimiser_steps():
+    m = SASRec(epochs="auto", batch_size=128)
+    assert m._auto_epochs(22_400) == 20  # 175 steps an epoch (Amazon Beauty's windows) -> 3500 steps
+    assert m._auto_epochs(2_400) == 185  # 19 steps an epoch: a small dataset trains longer ...
+    assert m._auto_epochs(100) == 200  # ... up to the cap
+    assert m._auto_epochs(10_000_000) == 10  # and a huge one at least 10 epochs
+    assert SASRec(epochs=7)._auto_epochs(100) == 7  # an explicit budget is kept
+    fitted = SASRec(**{**FAST, "batch_size": 64}, epochs="auto").fit(planted(n_users=40))
+    assert fitted.epochs_ == 200 and fitted.epochs_run_ == 200  # 40 windows = 1 step an epoch
+    assert fitted.refit_params()["lr_schedule_epochs"] == 200
+
+
+def test_bf16_auto_follows_the_cpu():
+    from attnrec.training import cpu_has_fast_bf16, resolve_bf16
+
+    assert resolve_bf16("auto") == cpu_has_fast_bf16()
+    assert resolve_bf16(True) is True and resolve_bf16(False) is False
+    with pytest.raises(ValueError, match="bf16 must be true, false or 'auto'"):
+        resolve_bf16("yes")
