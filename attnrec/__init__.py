@@ -2,10 +2,10 @@
 
 The public API, importable from here (loaded lazily, so ``import attnrec`` is cheap)::
 
-    from attnrec import load_dataset, leave_one_out, SASRec, EASE, evaluate, Recommender
+    from attnrec import load_dataset, leave_one_out, SASRec, EASE, evaluate, validation_metric, Recommender
     data, report = load_dataset("events.csv")
     split = leave_one_out(data)
-    model = SASRec().fit(split.train, valid=split.valid)
+    model = SASRec().fit(split.train, valid=split.valid, metric=validation_metric())
     print(evaluate(model, split.test).metrics)
     model.save("bundles/sasrec"); Recommender.load("bundles/sasrec")
 """
@@ -22,8 +22,8 @@ _EXPORTS = {
     "load_dataset": "attnrec.data.preprocess",
     "build_sequences": "attnrec.data.preprocess",
     "PreprocessConfig": "attnrec.data.preprocess",
-    "read_log": "attnrec.data.io",
-    "ColumnMap": "attnrec.data.io",
+    "read_log": "attnrec.data.readers",
+    "ColumnMap": "attnrec.data.columns",
     "DataError": "attnrec.data.errors",
     "IdMap": "attnrec.data.dataset",
     "SequenceData": "attnrec.data.dataset",
@@ -42,6 +42,7 @@ _EXPORTS = {
     "BERT4Rec": "attnrec.models.bert4rec",
     # evaluation and explanations
     "evaluate": "attnrec.evaluation",
+    "validation_metric": "attnrec.evaluation",
     "explain": "attnrec.explain",
 }
 _RENAMED = {"generate_synthetic": "generate"}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import sys
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import List, Optional
 
@@ -55,83 +59,113 @@ def _guard(fn, *args, **kwargs):
 
 
 # ---- shared data options ------------------------------------------------------------------
-def _data_spec(
-    path: Path,
-    fmt: str,
-    user_col: Optional[str],
-    item_col: Optional[str],
-    time_col: Optional[str],
-    rating_col: Optional[str],
-    event_col: Optional[str],
-    rating_threshold: Optional[float],
-    min_user: int,
-    min_item: int,
-    dedupe: str,
-):
-    from attnrec.data.io import ColumnMap
-    from attnrec.data.preprocess import PreprocessConfig
-    from attnrec.pipeline import DataSpec
+@dataclass
+class DataOptions:
+    """The interaction file and how to read and clean it: one definition for every command.
 
-    columns = None
-    if any(c is not None for c in (user_col, item_col, time_col, rating_col, event_col)):
-        columns = ColumnMap(
-            user=user_col or "user_id",
-            item=item_col or "item_id",
-            timestamp=None if time_col == "" else (time_col or "timestamp"),
-            rating=rating_col,
-            event=event_col,
+    Each field's metadata holds its Typer parameter; :func:`data_command` adds them
+    to a command, which receives one ``data: DataOptions``.
+    """
+
+    path: Path = field(metadata={"param": typer.Argument(
+        ..., help="Interactions: CSV/TSV, Parquet, JSON Lines, sequence-per-line .txt or RecBole .inter.")})
+    fmt: str = field(default="auto", metadata={"param": typer.Option(
+        "auto", "--format", help="csv, tsv, parquet, jsonl, json, sequence, recbole (default: from extension).")})
+    user_col: Optional[str] = field(default=None, metadata={"param": typer.Option(
+        None, "--user-col", help="User id column (default user_id).")})
+    item_col: Optional[str] = field(default=None, metadata={"param": typer.Option(
+        None, "--item-col", help="Item id column (default item_id).")})
+    time_col: Optional[str] = field(default=None, metadata={"param": typer.Option(
+        None, "--time-col", help="Timestamp column (default timestamp; '' for none).")})
+    rating_col: Optional[str] = field(default=None, metadata={"param": typer.Option(
+        None, "--rating-col", help="Rating column, if any.")})
+    event_col: Optional[str] = field(default=None, metadata={"param": typer.Option(
+        None, "--event-col", help="Event type column, if any.")})
+    rating_threshold: Optional[float] = field(default=None, metadata={"param": typer.Option(
+        None, "--rating-threshold", help="Keep interactions with rating >= this (explicit -> implicit).")})
+    min_user: int = field(default=0, metadata={"param": typer.Option(
+        0, "--min-user", help="Iterated k-core: minimum interactions per user.")})
+    min_item: int = field(default=0, metadata={"param": typer.Option(
+        0, "--min-item", help="Iterated k-core: minimum interactions per item.")})
+    dedupe: str = field(default="none", metadata={"param": typer.Option(
+        "none", "--dedupe", help="Repeated (user, item): none, first or last.")})
+
+    @property
+    def filtered(self) -> bool:
+        return self.rating_threshold is not None or bool(self.min_user or self.min_item) or self.dedupe != "none"
+
+    def spec(self):
+        """The :class:`attnrec.pipeline.DataSpec` these options describe."""
+        from attnrec.data.columns import ColumnMap
+        from attnrec.data.preprocess import PreprocessConfig
+        from attnrec.pipeline import DataSpec
+
+        columns = None
+        if any(c is not None for c in (self.user_col, self.item_col, self.time_col, self.rating_col, self.event_col)):
+            columns = ColumnMap(
+                user=self.user_col or "user_id",
+                item=self.item_col or "item_id",
+                timestamp=None if self.time_col == "" else (self.time_col or "timestamp"),
+                rating=self.rating_col,
+                event=self.event_col,
+            )
+        cfg = PreprocessConfig(
+            dedupe=self.dedupe,
+            rating_threshold=self.rating_threshold,
+            min_user_interactions=self.min_user,
+            min_item_interactions=self.min_item,
         )
-    cfg = PreprocessConfig(
-        dedupe=dedupe,
-        rating_threshold=rating_threshold,
-        min_user_interactions=min_user,
-        min_item_interactions=min_item,
-    )
-    return DataSpec(path, fmt, columns, cfg)
+        return DataSpec(self.path, self.fmt, columns, cfg)
+
+    def load(self):
+        """Read and clean the file; the load report goes to stderr, errors become one line."""
+        data, report = _guard(self.spec().load)
+        for line in report.summary().splitlines():
+            err_console.print(f"[dim]{line}[/]")
+        return data
 
 
-FILE_ARG = typer.Argument(..., help="Interactions: CSV/TSV, Parquet, JSON Lines, sequence-per-line .txt or RecBole .inter.")
-FMT = typer.Option("auto", "--format", help="csv, tsv, parquet, jsonl, json, sequence, recbole (default: from extension).")
-USER_COL = typer.Option(None, "--user-col", help="User id column (default user_id).")
-ITEM_COL = typer.Option(None, "--item-col", help="Item id column (default item_id).")
-TIME_COL = typer.Option(None, "--time-col", help="Timestamp column (default timestamp; '' for none).")
-RATING_COL = typer.Option(None, "--rating-col", help="Rating column, if any.")
-EVENT_COL = typer.Option(None, "--event-col", help="Event type column, if any.")
-RATING_MIN = typer.Option(None, "--rating-threshold", help="Keep interactions with rating >= this (explicit -> implicit).")
-MIN_USER = typer.Option(0, "--min-user", help="Iterated k-core: minimum interactions per user.")
-MIN_ITEM = typer.Option(0, "--min-item", help="Iterated k-core: minimum interactions per item.")
-DEDUPE = typer.Option("none", "--dedupe", help="Repeated (user, item): none, first or last.")
+def data_command(fn):
+    """Give command ``fn(data: DataOptions, ...)`` the data file argument and options on the command line."""
+    sig = inspect.signature(fn)
+    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in sig.parameters.items() if name != "data"]
+    fields_ = fields(DataOptions)
+    types = typing.get_type_hints(DataOptions)
+    added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.metadata["param"],
+                               annotation=types[f.name]) for f in fields_]
+
+    @functools.wraps(fn)
+    def command(**kwargs):
+        data = DataOptions(**{f.name: kwargs.pop(f.name) for f in fields_})
+        return fn(data=data, **kwargs)
+
+    command.__signature__ = sig.replace(parameters=added[:1] + own + added[1:])
+    hints = typing.get_type_hints(fn)
+    hints.pop("data", None)
+    command.__annotations__ = {**hints, **types}
+    del command.__wrapped__  # Typer must read the new signature, not fn's
+    return command
+
+
 SPLIT = typer.Option("loo", "--split", help="loo (leave-one-out) or temporal (global time cut-off).")
-
-
-def _load(spec):
-    data, report = _guard(spec.load)
-    for line in report.summary().splitlines():
-        err_console.print(f"[dim]{line}[/]")
-    return data
+PROTOCOL = typer.Option(
+    None, "--protocol",
+    help="paper: select on validation, test that same model (no refit; what published figures use). "
+         "refit (default): select on validation, refit on train+validation, then test (uses all data).",
+)
 
 
 # ---- data ---------------------------------------------------------------------------------
 @data_app.command("stats")
+@data_command
 def data_stats(
-    path: Path = FILE_ARG,
-    fmt: str = FMT,
-    user_col: Optional[str] = USER_COL,
-    item_col: Optional[str] = ITEM_COL,
-    time_col: Optional[str] = TIME_COL,
-    rating_col: Optional[str] = RATING_COL,
-    event_col: Optional[str] = EVENT_COL,
-    rating_threshold: Optional[float] = RATING_MIN,
-    min_user: int = MIN_USER,
-    min_item: int = MIN_ITEM,
-    dedupe: str = DEDUPE,
+    data: DataOptions,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Users, items, interactions, density and sequence-length percentiles of FILE."""
     from attnrec.data.preprocess import format_stats
 
-    spec = _data_spec(path, fmt, user_col, item_col, time_col, rating_col, event_col, rating_threshold, min_user, min_item, dedupe)
-    stats = _load(spec).stats()
+    stats = data.load().stats()
     console.print_json(json.dumps(stats)) if as_json else console.print(format_stats(stats))
 
 
@@ -162,8 +196,9 @@ def datasets_download(
 
 # ---- train / evaluate / recommend ----------------------------------------------------------------
 @app.command()
+@data_command
 def train(
-    path: Path = FILE_ARG,
+    data: DataOptions,
     model: str = typer.Option(..., "--model", "-m", help="Model name, e.g. sasrec, bert4rec, ease, itemknn, pop."),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     param: List[str] = typer.Option([], "--param", "-p", help="Hyperparameter key=value (repeatable)."),
@@ -171,113 +206,110 @@ def train(
         "last", help="last: hold out each user's last item (evaluable with `evaluate --bundle`); none: train on everything."
     ),
     split: str = SPLIT,
-    items: Optional[Path] = typer.Option(None, "--items", help="Item catalogue CSV (item_id,name,category,...) to ship in the bundle."),
-    fmt: str = FMT,
-    user_col: Optional[str] = USER_COL,
-    item_col: Optional[str] = ITEM_COL,
-    time_col: Optional[str] = TIME_COL,
-    rating_col: Optional[str] = RATING_COL,
-    event_col: Optional[str] = EVENT_COL,
-    rating_threshold: Optional[float] = RATING_MIN,
-    min_user: int = MIN_USER,
-    min_item: int = MIN_ITEM,
-    dedupe: str = DEDUPE,
+    protocol: Optional[str] = PROTOCOL,
+    items: Optional[Path] = typer.Option(None, "--items", help="Item catalogue (CSV/TSV, Parquet or RecBole .item) to ship in the bundle."),
     chunked: bool = typer.Option(False, "--chunked", help="Build sequences in bounded memory (Parquet/CSV logs larger than RAM; no filters)."),
     dist_backend: str = typer.Option("auto", "--dist-backend", help="Under torchrun: gloo, nccl or auto (nccl when CUDA is available)."),
 ) -> None:
     """Train one model on FILE and save it as a bundle (under torchrun: DistributedDataParallel, rank 0 writes)."""
     from attnrec import distributed, pipeline
 
+    if _guard(pipeline.check_holdout, holdout) == "none" and protocol is not None:
+        _fail("--protocol needs a held-out test stage; --holdout none trains on everything")
+    protocol = _guard(pipeline.check_protocol, protocol or pipeline.DEFAULT_PROTOCOL)
+    params = _guard(pipeline.parse_params, param, [model])
+    m = _guard(pipeline.build_model, model, params.get(model), progress=True)
+    catalogue = _guard(pipeline.check_inputs, params, items)
+    _guard(pipeline.check_outputs, [out])
     distributed.init_from_env(dist_backend)
-    spec = _data_spec(path, fmt, user_col, item_col, time_col, rating_col, event_col, rating_threshold, min_user, min_item, dedupe)
     if chunked:
         from attnrec.data.chunked import load_sequences_chunked
 
-        if rating_threshold is not None or min_user or min_item or dedupe != "none":
+        if data.filtered:
             _fail("--chunked builds sequences without filters; drop --rating-threshold/--min-user/--min-item/--dedupe")
-        data = _guard(load_sequences_chunked, path, spec.columns, fmt)
+        sequences = _guard(load_sequences_chunked, data.path, data.spec().columns, data.fmt)
     else:
-        data = _load(spec)
-    params = _guard(pipeline.parse_params, param, [model])
-    m = _guard(pipeline.build_model, model, params.get(model), progress=True)
-    if holdout not in ("last", "none"):
-        _fail(f"--holdout must be 'last' or 'none', got {holdout!r}")
-    info = {"data": str(path), "holdout": holdout}
-    metrics = {}
-    if holdout == "last":
-        s = _guard(pipeline.make_split, data, split)
-        _guard(pipeline.fit_for_test, m, s)
-        info["protocol"] = s.describe()
-        if getattr(m, "validation_", None):
-            info["validation"] = m.validation_
-    else:
-        _guard(m.fit, data)
-    if distributed.is_main():  # every rank holds the same weights; one writes
+        sequences = data.load()
+    info, s = _guard(pipeline.fit_bundle, m, sequences, holdout, split, protocol)
+    info["data"] = str(data.path)
+    if distributed.is_main():  # every rank holds the same weights; one evaluates and writes
+        metrics = pipeline.bundle_metrics(m, protocol, s)
         info["world_size"] = distributed.world_size()
-        pipeline.save_bundle(m, out, metrics=metrics, info=info, items_file=items)
+        pipeline.save_bundle(m, out, metrics=metrics, info=info, catalogue=catalogue)
         console.print(f"saved {model} bundle to {out} (fit {m.fit_seconds_:.1f}s)")
+        _print_bundle_metrics(metrics)
     distributed.barrier()
     distributed.cleanup()
 
 
+def _print_bundle_metrics(metrics: dict) -> None:
+    if metrics["protocol"] == "none":
+        console.print("[bold]protocol:[/] none (trained on every interaction; no held-out figures)")
+        return
+    console.print(f"[bold]protocol:[/] {metrics['protocol_description']}; {metrics['fitted_on']}")
+    for stage in ("validation", "test"):
+        if metrics[stage]:
+            shown = {k: v for k, v in metrics[stage]["metrics"].items() if k.startswith(("HR@", "NDCG@"))}
+            console.print(f"{stage} ({metrics['protocol']} protocol, {metrics[stage]['n_cases']} cases): "
+                          + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()), highlight=False)
+
+
 @app.command()
+@data_command
 def evaluate(
-    path: Path = FILE_ARG,
+    data: DataOptions,
     models: str = typer.Option("pop,ease", "--models", "-m", help="Comma-separated model names to train and compare."),
     param: List[str] = typer.Option([], "--param", "-p", help="key=value for every model that has it, or model.key=value."),
     bundle: List[Path] = typer.Option([], "--bundle", "-b", help="Also evaluate already-trained bundles (trained with --holdout last)."),
     split: str = SPLIT,
+    protocol: Optional[str] = PROTOCOL,
     ks: str = typer.Option("5,10,20", "--ks", help="Cut-offs K."),
     include_history: bool = typer.Option(False, "--include-history", help="Do not exclude history items from the ranking (repeat-consumption domains)."),
     sampled: Optional[int] = typer.Option(None, "--sampled-negatives", help="SAMPLED metrics against N random negatives instead of full ranking (labelled as such)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write all metrics to this JSON file."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report with PNG charts to this directory."),
-    items: Optional[Path] = typer.Option(None, "--items", help="Item catalogue CSV (item_id,name,...): names in the report."),
-    fmt: str = FMT,
-    user_col: Optional[str] = USER_COL,
-    item_col: Optional[str] = ITEM_COL,
-    time_col: Optional[str] = TIME_COL,
-    rating_col: Optional[str] = RATING_COL,
-    event_col: Optional[str] = EVENT_COL,
-    rating_threshold: Optional[float] = RATING_MIN,
-    min_user: int = MIN_USER,
-    min_item: int = MIN_ITEM,
-    dedupe: str = DEDUPE,
+    items: Optional[Path] = typer.Option(None, "--items", help="Item catalogue (CSV/TSV, Parquet or RecBole .item): names in the report."),
 ) -> None:
     """Compare models on the same split of FILE with full-ranking metrics (one table)."""
     from attnrec import pipeline
+    from attnrec.evaluation import evaluate as _evaluate
     from attnrec.models.base import Recommender
 
-    spec = _data_spec(path, fmt, user_col, item_col, time_col, rating_col, event_col, rating_threshold, min_user, min_item, dedupe)
-    data = _load(spec)
+    # everything the user named is read and checked before any model trains
+    protocol = _guard(pipeline.check_protocol, protocol or pipeline.DEFAULT_PROTOCOL)
     cutoffs = _guard(lambda: [int(k) for k in ks.split(",") if k.strip()])
     names = [m.strip() for m in models.split(",") if m.strip()]
     params = _guard(pipeline.parse_params, param, names)
     built = {n: _guard(pipeline.build_model, n, params.get(n), progress=True) for n in names}
-    s = _guard(pipeline.make_split, data, split)
+    catalogue = _guard(pipeline.check_inputs, params, items)
+    _guard(pipeline.check_outputs, [report] if report else [], [json_out] if json_out else [])
+    trained = [(b, _guard(Recommender.load, b)) for b in bundle]
+    sequences = data.load()
+    s = _guard(pipeline.make_split, sequences, split)
+    for _, m in trained:
+        _guard(pipeline.check_bundle_matches, m, s)
     runs = _guard(
         pipeline.evaluate_models, built, s, ks=cutoffs, exclude_history=not include_history, sampled_negatives=sampled,
         on_done=lambda r: err_console.print(f"[dim]{r.name}: fit {r.fit_seconds:.1f}s, evaluate {r.eval_seconds:.1f}s[/]"),
-        progress=sys.stderr.isatty(), per_case=report is not None,
+        progress=sys.stderr.isatty(), per_case=report is not None, protocol=protocol,
     )
-    for b in bundle:
-        from attnrec.evaluation import evaluate as _evaluate
-
-        m = _guard(Recommender.load, b)
-        _guard(pipeline.check_bundle_matches, m, s)
+    for b, m in trained:
         res = _evaluate(m, s.test, ks=cutoffs, exclude_history=not include_history, sampled_negatives=sampled)
-        runs.append(pipeline.ModelRun(f"{b.name} ({m.model_name})", m, res, 0.0, 0.0))
-    protocol = runs[0].result.protocol if runs else s.describe()
-    console.print(f"[bold]protocol:[/] {protocol}; {runs[0].result.n_cases if runs else 0} test cases")
+        trained_protocol = m.bundle_info_.get("protocol", "unknown")
+        how = m.bundle_metrics_.get("fitted_on", "as trained for the bundle")
+        runs.append(pipeline.ModelRun(f"{b.name} ({m.model_name}, {trained_protocol})", m, res, 0.0, 0.0,
+                                      trained_protocol, how))
+    printed = pipeline.protocol_line(protocol, runs, s)
+    console.print(f"[bold]protocol:[/] {printed}; {runs[0].result.n_cases if runs else 0} test cases")
     _print_table(runs)
     if json_out:
-        json_out.write_text(json.dumps(pipeline.results_to_json(runs, protocol), indent=2, default=str))
+        json_out.write_text(json.dumps(pipeline.results_to_json(runs, protocol, s), indent=2, default=str))
     if report:
         from attnrec.report import write_report
 
-        names = {i: row.get("name", i) for i, row in pipeline.read_catalogue(items).items()} if items else None
+        names = {i: e.name or i for i, e in catalogue.items()} if catalogue else None
         path = _guard(
-            write_report, report, runs, s, protocol=protocol, ks=cutoffs, exclude_history=not include_history,
+            write_report, report, runs, s, protocol=printed, ks=cutoffs, exclude_history=not include_history,
             catalogue=names,
         )
         console.print(f"report: {path}")
@@ -304,6 +336,11 @@ def _print_table(runs, all_metrics: bool = False) -> None:
         cells = [f"{r.result.metrics[k]:.4f}" if abs(r.result.metrics[k]) < 10 else f"{r.result.metrics[k]:.1f}" for k in keys]
         table.add_row(r.name, *cells, f"{r.fit_seconds:.1f}")
     console.print(table)
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        groups.setdefault(f"{r.protocol} protocol: {r.fitted_on}", []).append(r.name)
+    for how, names in groups.items():
+        console.print(f"[dim]{', '.join(names)}: {how}[/]")
 
 
 @app.command()
@@ -345,7 +382,7 @@ def demo(
 
     report = _guard(run_demo, out, n_users=users, seed=seed)
     console.rule("[bold]attnrec demo: synthetic shop with planted 'accessory after product' patterns")
-    console.print(f"[bold]protocol:[/] {report.runs[0].result.protocol}")
+    console.print(f"[bold]protocol:[/] {report.protocol}")
     _print_table(report.runs)
     console.print(f"best model by test NDCG@10: [bold]{report.best}[/], saved to {report.bundle}")
     console.print(
@@ -378,6 +415,8 @@ def serve(
     dev: bool = typer.Option(False, "--dev", help="Local development: allow write endpoints without an API key."),
     index: Optional[str] = typer.Option(
         None, "--index", help="Top-k retrieval: auto (exact up to 100k items, FAISS IVF above), exact, hnsw, ivf."),
+    workers: int = typer.Option(1, "--workers", min=1,
+                                help="Worker processes sharing the database (PostgreSQL for real traffic)."),
 ) -> None:
     """Serve a bundle over HTTP with live events and explanations (OpenAPI docs at /docs)."""
     if index is not None and index not in INDEX_KINDS:
@@ -386,7 +425,8 @@ def serve(
         from attnrec.serving import run
     except ImportError as e:
         _fail(f"the service needs the 'serve' extra: pip install 'attnrec[serve]' ({e})")
-    _guard(run, model=model, db=db, host=host, port=port, data_dir=data_dir, dev=dev, index=index)
+    _guard(run, model=model, db=db, host=host, port=port, data_dir=data_dir, dev=dev, index=index,
+           workers=workers)
 
 
 def main() -> None:  # pragma: no cover

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import numpy as np
 
+from attnrec.data.catalogue import read_catalogue
 from attnrec.data.preprocess import load_dataset
 from attnrec.data.synthetic import generate
+from attnrec.explain import explain
 from attnrec.models.base import available_models
 from attnrec.pipeline import (
+    DEFAULT_PROTOCOL,
     ModelRun,
     build_model,
+    bundle_metrics,
     evaluate_models,
     make_split,
-    read_catalogue,
+    protocol_line,
     save_bundle,
 )
 
@@ -59,25 +63,27 @@ def run_demo(out_dir: Path, n_users: int = 2000, seed: int = 0, n_examples: int 
     split = make_split(data, "loo")
     known = set(available_models())
     models = {n: build_model(n, p) for n, p in DEMO_MODELS.items() if n in known}
-    runs = evaluate_models(models, split)
+    runs = evaluate_models(models, split, protocol=DEFAULT_PROTOCOL)
     best = max(runs, key=lambda r: r.result.metrics["NDCG@10"])
+    catalogue = read_catalogue(data_dir / "items.csv")
     bundle = save_bundle(
         best.model,
         out_dir / "bundle",
-        metrics=best.result.metrics,
-        info={"dataset": "attnrec synthetic shop", "protocol": split.describe()},
-        items_file=data_dir / "items.csv",
+        metrics=bundle_metrics(best.model, DEFAULT_PROTOCOL, split, best.result),
+        info={"dataset": "attnrec synthetic shop", "protocol": DEFAULT_PROTOCOL, "split": split.describe()},
+        catalogue=catalogue,
     )
-    catalogue = read_catalogue(bundle)
     examples, hit_rate = _examples(best.model, synth.rules, catalogue, n_examples)
-    return DemoReport(runs, split.describe(), best.name, bundle, examples, data_dir, hit_rate)
+    return DemoReport(runs, protocol_line(DEFAULT_PROTOCOL, runs, split), best.name, bundle, examples, data_dir,
+                      hit_rate)
 
 
 def _examples(model, rules: dict[str, str], catalogue: dict, n_examples: int):
     umap, imap = model.user_map_, model.item_map_
 
     def name(i: str) -> str:
-        return catalogue.get(i, {}).get("name", i)
+        entry = catalogue.get(i)
+        return entry.name if entry is not None and entry.name else i
 
     # users whose latest item triggers a planted rule: the interesting cases
     users = np.arange(len(umap))
@@ -87,13 +93,12 @@ def _examples(model, rules: dict[str, str], catalogue: dict, n_examples: int):
     ids, scores = model.recommend(histories, k=10)
     hits = [rules[last_raw[u]] in {imap.to_raw(int(i)) for i in ids[u] if i} for u in triggered]
     hit_rate = float(np.mean(hits)) if hits else float("nan")
-    explain = _explainer()
     examples = []
     for u in triggered[:n_examples]:
         h = histories[u]
         recs = [(imap.to_raw(int(i)), name(imap.to_raw(int(i))), float(s)) for i, s in zip(ids[u][:5], scores[u][:5]) if i]
         because = []
-        if explain is not None and recs:
+        if recs:
             try:
                 top = imap.to_dense(recs[0][0])
                 for _, item, w in sorted(explain(model, h, top), key=lambda t: -t[2])[:3]:
@@ -110,11 +115,3 @@ def _examples(model, rules: dict[str, str], catalogue: dict, n_examples: int):
             )
         )
     return examples, hit_rate
-
-
-def _explainer():
-    try:
-        from attnrec.explain import explain
-    except ImportError:
-        return None
-    return explain

@@ -10,9 +10,10 @@ Metrics (per case, then averaged over cases):
 * ``AvgPop@K`` mean training popularity (interaction count) of recommended items.
 
 Items of the case's input history are excluded from the ranking by default
-(``exclude_history=False`` for domains with repeat consumption). Ties are broken
-deterministically by lower item id, the same rule ``Recommender.recommend`` uses,
-so an independently scored ``recommend`` list reproduces these numbers.
+(``exclude_history=False`` for domains with repeat consumption). Exclusions and
+the tie rule (equal scores: lower item id first) are :mod:`attnrec.ranking`'s, the
+same ``Recommender.recommend`` uses, so an independently scored ``recommend``
+list reproduces these numbers.
 
 Sampled metrics (rank the target against ``n`` random negatives) exist only
 behind ``sampled_negatives=n`` and every key they produce says ``sampled``.
@@ -28,7 +29,9 @@ import numpy as np
 import torch
 
 from attnrec.data.dataset import EvalSet
-from attnrec.models.base import Recommender, exclusion_mask
+from attnrec.models.base import Recommender
+from attnrec.ranking import exclusion_mask, ranks_of_targets, top_k  # noqa: F401 (ranks_of_targets: public here too)
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -40,43 +43,11 @@ class EvalResult:
     metrics: dict[str, float]
     n_cases: int
     protocol: str
+    #: per-case metric arrays (``evaluate(..., per_case=True)``)
+    per_case: dict[str, np.ndarray] | None = None
 
     def __getitem__(self, key: str) -> float:
         return self.metrics[key]
-
-
-def ranks_of_targets(
-    scores: torch.Tensor, targets: Sequence[np.ndarray], max_elements: int = 50_000_000
-) -> list[np.ndarray]:
-    """1-based rank of each target in each row of ``scores`` (masked items are ``-inf``).
-
-    Ranking is by score descending, ties broken by lower item id. A target
-    whose score is ``-inf`` (excluded) gets rank ``inf``.
-    """
-    B, N = scores.shape
-    lengths = np.fromiter((len(t) for t in targets), dtype=np.int64, count=B)
-    T = int(lengths.max()) if B else 0
-    if T == 0:
-        return [np.zeros(0) for _ in range(B)]
-    padded = np.zeros((B, T), dtype=np.int64)
-    for b, t in enumerate(targets):
-        padded[b, : len(t)] = t
-    tgt = torch.from_numpy(padded)  # (B, T)
-    ts = scores.gather(1, tgt)  # (B, T)
-    ids = torch.arange(N)
-    ranks = torch.empty(B, T, dtype=torch.float64)
-    # rank = #(strictly better) + #(equal score, lower id) + 1, in chunks to bound memory
-    rows_per_chunk = max(1, max_elements // (N * T))
-    for r0 in range(0, B, rows_per_chunk):
-        sl = slice(r0, r0 + rows_per_chunk)
-        row = scores[sl, None, :]  # (b, 1, N)
-        t_s = ts[sl, :, None]  # (b, T, 1)
-        better = (row > t_s).sum(-1)
-        tie_lower = ((row == t_s) & (ids[None, None, :] < tgt[sl, :, None])).sum(-1)
-        ranks[sl] = (better + tie_lower + 1).double()
-    ranks[~torch.isfinite(ts)] = float("inf")
-    r = ranks.numpy()
-    return [r[b, : lengths[b]] for b in range(B)]
 
 
 def metrics_from_ranks(ranks: list[np.ndarray], ks: Sequence[int]) -> dict[str, np.ndarray]:
@@ -154,8 +125,6 @@ def evaluate(
             continue
         all_ranks.extend(ranks_of_targets(scores, targ))
         # beyond-accuracy: what the top-K lists actually contain
-        from attnrec.models.base import top_k
-
         idx, vals = top_k(scores, kmax)
         idx = idx.numpy()
         finite = np.isfinite(vals.numpy())
@@ -178,8 +147,18 @@ def evaluate(
     )
     result = EvalResult(metrics, n, protocol)
     if per_case:
-        result.per_case = per  # type: ignore[attr-defined]
+        result.per_case = per
     return result
+
+
+def validation_metric(k: int = 10) -> ValidationMetric:
+    """NDCG@k by full ranking (history items excluded): the metric models stop early on and select by."""
+    name = f"NDCG@{k}"
+    return ValidationMetric(
+        name,
+        evaluate=lambda model, evalset: evaluate(model, evalset, ks=(k,))[name],
+        of_ranks=lambda ranks: float(metrics_from_ranks(list(ranks), (k,))[name].mean()),
+    )
 
 
 def _sampled_ranks(
@@ -205,21 +184,3 @@ def _sampled_ranks(
             ranks.append(1 + float((row[neg] > st).sum()))
         out.append(np.array(ranks))
     return out
-
-
-def format_table(results: dict[str, EvalResult], keys: Sequence[str] | None = None) -> str:
-    """A plain-text comparison table (rows = models)."""
-    if not results:
-        return ""
-    first = next(iter(results.values()))
-    keys = list(keys) if keys else list(first.metrics)
-    width = max(len(m) for m in results) + 2
-    header = "model".ljust(width) + "".join(k.rjust(max(10, len(k) + 2)) for k in keys)
-    lines = [header]
-    for name, res in results.items():
-        row = name.ljust(width)
-        for k in keys:
-            v = res.metrics.get(k, float("nan"))
-            row += f"{v:.4f}".rjust(max(10, len(k) + 2)) if abs(v) < 100 else f"{v:.1f}".rjust(max(10, len(k) + 2))
-        lines.append(row)
-    return "\n".join(lines)

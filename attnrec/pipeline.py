@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from attnrec import retrieval
+from attnrec.data.catalogue import Catalogue, read_catalogue, write_catalogue
 from attnrec.data.dataset import SequenceData, Split
-from attnrec.data.io import ColumnMap
+from attnrec.data.errors import DataError
+from attnrec.data.columns import ColumnMap
 from attnrec.data.preprocess import PreprocessConfig, PreprocessReport, load_dataset
-from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate
-from attnrec.models.base import Recommender, get_model_class
+from attnrec.evaluation import DEFAULT_KS, EvalResult, evaluate, validation_metric
+from attnrec.models.base import Capability, Recommender, get_model_class
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,46 @@ def build_model(name: str, params: dict[str, Any] | None = None, progress: bool 
     return model.set_params(**params)
 
 
+#: hyperparameters that name an input file (side information read during fit)
+FILE_PARAMS = ("item_features", "user_features")
+
+
+def check_inputs(params: dict[str, dict[str, Any]], items: Path | None = None) -> Catalogue | None:
+    """Read every input file named in ``params`` and ``items`` before any training starts.
+
+    Feature files given as ``item_features=`` / ``user_features=`` are read
+    strictly (:func:`attnrec.data.features.check_feature_file`); the item
+    catalogue is read and returned. A bad file raises a located
+    :class:`~attnrec.data.errors.DataError` in seconds, not after the models trained.
+    """
+    from attnrec.data.features import check_feature_file
+
+    for model, p in params.items():
+        for key in FILE_PARAMS:
+            if isinstance(p.get(key), (str, Path)):
+                try:
+                    check_feature_file(p[key])
+                except DataError as e:
+                    raise DataError(f"{model}.{key}: {e.message}", e.path, e.line, e.column, e.row) from None
+    return read_catalogue(items) if items is not None else None
+
+
+def check_outputs(directories: Sequence[Path] = (), files: Sequence[Path] = ()) -> None:
+    """Make sure results can be written before anything trains (creates the directories)."""
+    for d in directories:
+        if d.exists() and not d.is_dir():
+            raise ValueError(f"{d} exists and is not a directory")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the output directory {d}: {e.strerror}") from None
+    for f in files:
+        if f.is_dir():
+            raise ValueError(f"{f} is a directory, not a file to write")
+        if not f.parent.is_dir():
+            raise ValueError(f"cannot write {f}: the directory {f.parent} does not exist")
+
+
 def make_split(data: SequenceData, protocol: str = "loo", **kw: Any) -> Split:
     """``loo`` (leave-one-out) or ``temporal`` (global time cut-off)."""
     from attnrec.data.splits import leave_one_out, temporal_split
@@ -90,29 +132,138 @@ def make_split(data: SequenceData, protocol: str = "loo", **kw: Any) -> Split:
     raise ValueError(f"unknown split {protocol!r}; use 'loo' or 'temporal'")
 
 
-def fit_for_test(model: Recommender, split: Split) -> Recommender:
-    """Fit so that ``split.test`` can be evaluated without leakage.
+# ---- protocols -------------------------------------------------------------------------------
+PROTOCOLS = {
+    "paper": "select on validation, test that same model (no refit)",
+    "refit": "select on validation, refit on train+validation for the chosen epochs, then test",
+}
+#: ``refit`` for users: the deployed model has seen every interaction before the test item.
+DEFAULT_PROTOCOL = "refit"
+NO_SELECTION = "fitted on train+validation (no selection stage)"
 
-    Models with validation-driven training (early stopping) expose
-    ``refit_params()``: they are first fitted on ``split.train`` with
-    ``split.valid`` choosing the stopping epoch, then refitted from scratch on
-    ``split.train_full`` (train + validation interactions) with the chosen
-    settings. The validation run's history is kept in ``model.validation_``.
-    Other models are fitted on ``split.train_full`` directly. Test targets are
-    never seen either way.
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def describe_protocol(protocol: str) -> str:
+    """``"paper: select on validation, ..."``: the name first, as every output shows it."""
+    return f"{check_protocol(protocol)}: {PROTOCOLS[protocol]}"
+
+
+def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTOCOL) -> Recommender:
+    """Fit so that ``split.test`` can be evaluated without leakage, under ``protocol``.
+
+    Models that declare ``REFIT`` (validation-driven training, early stopping)
+    are first fitted on ``split.train`` with
+    ``split.valid`` choosing the stopping epoch. Under ``refit`` they are then
+    refitted from scratch on ``split.train_full`` (train + validation
+    interactions) with the chosen settings; under ``paper`` the selected model is
+    the one tested, and it recommends from the test-stage histories. The
+    selection run is kept in ``model.validation_`` (see :func:`selection_record`;
+    ``None`` for a model without one).
+    Models without a selection stage are fitted on ``split.train_full`` under
+    both protocols. Test targets are never seen either way.
     """
-    if callable(getattr(model, "refit_params", None)) and len(split.valid):
-        model.fit(split.train, valid=split.valid)
-        validation = {
-            "best_epoch": getattr(model, "best_epoch_", None),
-            "best_metric": getattr(model, "best_metric_", None),
-            "history": getattr(model, "history_", []),
-        }
-        model.set_params(**model.refit_params())
-        model.fit(split.train_full)
+    check_protocol(protocol)
+    if model.supports(Capability.REFIT) and len(split.valid):
+        model.fit(split.train, valid=split.valid, metric=validation_metric())
+        validation = selection_record(model, split)
+        if protocol == "refit":
+            model.set_params(**model.refit_params())
+            model.fit(split.train_full)
+        else:
+            use_histories(model, split.train_full)
         model.validation_ = validation
         return model
-    return model.fit(split.train_full)
+    model.fit(split.train_full)
+    model.validation_ = None  # no selection stage
+    return model
+
+
+def selection_record(model: Recommender, split: Split, ks: Sequence[int] = DEFAULT_KS) -> dict:
+    """The selection run of a model just fitted on ``split.train``: epochs, curve, validation metrics."""
+    return {
+        **model.training_summary(),
+        "metrics": evaluate(model, split.valid, ks=ks).metrics,
+        "n_cases": len(split.valid),
+    }
+
+
+def use_histories(model: Recommender, data: SequenceData) -> None:
+    """Make ``data`` the histories ``model`` recommends from (and saves in its bundle).
+
+    A ``paper`` model is fitted on ``split.train`` but tested on histories that end
+    just before each user's test item (``split.train_full``); a bundle recommends
+    for that stage, like a ``refit`` bundle does. Same users and ids, more history.
+    """
+    fit = model.train_data_
+    if fit.item_map != data.item_map or fit.user_map != data.user_map:
+        raise ValueError("histories with different id maps than the model's")
+    model.train_data_ = data
+
+
+def fitted_on(model: Recommender, protocol: str) -> str:
+    """What a model :func:`fit_for_test` fitted under ``protocol`` was trained on, in words."""
+    if model.validation_ is None:
+        return NO_SELECTION
+    if protocol == "refit":
+        return "selected on validation, refitted on train+validation"
+    return "fitted on train, selected on validation, tested without refit"
+
+
+def check_holdout(holdout: str) -> str:
+    if holdout not in ("last", "none"):
+        raise ValueError(f"--holdout must be 'last' or 'none', got {holdout!r}")
+    return holdout
+
+
+def fit_bundle(model: Recommender, data: SequenceData, holdout: str = "last", split: str = "loo",
+               protocol: str = DEFAULT_PROTOCOL) -> tuple[dict, Split | None]:
+    """Fit ``model`` as ``attnrec train`` does: ``(bundle info, split)``.
+
+    ``holdout="last"`` splits ``data`` and fits for the test stage under
+    ``protocol``; ``holdout="none"`` fits on everything (no split, ``None``).
+    """
+    if check_holdout(holdout) == "none":
+        model.fit(data)
+        return {"holdout": "none", "protocol": "none"}, None
+    s = make_split(data, split)
+    fit_for_test(model, s, protocol)
+    info = {"holdout": "last", "protocol": protocol, "protocol_description": describe_protocol(protocol),
+            "split": s.describe()}
+    if model.validation_ is not None:
+        info["validation"] = model.validation_
+    return info, s
+
+
+def bundle_metrics(model: Recommender, protocol: str, split: Split | None,
+                   test: EvalResult | None = None) -> dict:
+    """What ``metrics.json`` holds: the protocol, validation figures and test figures.
+
+    The test stage is evaluated here (full ranking, default cut-offs) unless
+    ``test`` already holds its result; ``split=None`` (trained on everything) has none.
+    """
+    if split is None:
+        return {"protocol": "none", "protocol_description": "trained on every interaction (--holdout none)",
+                "validation": None, "test": None}
+    validation = model.validation_
+    out = {
+        "protocol": protocol,
+        "protocol_description": describe_protocol(protocol),
+        "fitted_on": fitted_on(model, protocol),
+        "split": split.describe(),
+        "validation": None if validation is None else {
+            "metrics": validation["metrics"], "n_cases": validation["n_cases"],
+            "best_epoch": validation["best_epoch"], "best_metric": validation["best_metric"],
+        },
+        "test": None,
+    }
+    test = test if test is not None else evaluate(model, split.test)
+    out["test"] = {"metrics": test.metrics, "n_cases": test.n_cases, "ranking": test.protocol}
+    return out
 
 
 @dataclass
@@ -122,6 +273,8 @@ class ModelRun:
     result: EvalResult
     fit_seconds: float
     eval_seconds: float
+    protocol: str = DEFAULT_PROTOCOL
+    fitted_on: str = NO_SELECTION
 
 
 def evaluate_models(
@@ -133,20 +286,22 @@ def evaluate_models(
     on_done=None,
     progress: bool = False,
     per_case: bool = False,
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> list[ModelRun]:
-    """Fit each model for the test stage and evaluate it on ``split.test``."""
+    """Fit each model for the test stage under ``protocol`` and evaluate it on ``split.test``."""
+    check_protocol(protocol)
     runs = []
     for name, model in models.items():
-        log.info("fitting %s", name)
+        log.info("fitting %s (%s protocol)", name, protocol)
         t0 = time.perf_counter()
-        fit_for_test(model, split)
+        fit_for_test(model, split, protocol)
         t1 = time.perf_counter()
         result = evaluate(
             model, split.test, ks=ks, exclude_history=exclude_history, sampled_negatives=sampled_negatives,
             progress=progress, per_case=per_case,
         )
         t2 = time.perf_counter()
-        run = ModelRun(name, model, result, t1 - t0, t2 - t1)
+        run = ModelRun(name, model, result, t1 - t0, t2 - t1, protocol, fitted_on(model, protocol))
         runs.append(run)
         if on_done is not None:
             on_done(run)
@@ -170,22 +325,13 @@ def save_bundle(
     out: Path,
     metrics: dict | None = None,
     info: dict | None = None,
-    items_file: Path | None = None,
+    catalogue: Catalogue | None = None,
 ) -> Path:
-    """Save ``model`` and, when given, a copy of the item catalogue (``items.csv``)."""
+    """Save ``model`` and, when given, its item catalogue as ``items.csv``."""
     model.save(out, metrics=metrics, info=info)
-    if items_file is not None:
-        shutil.copyfile(items_file, out / "items.csv")
+    if catalogue:
+        write_catalogue(catalogue, Path(out) / "items.csv")
     return out
-
-
-def read_catalogue(bundle_or_file: Path) -> dict[str, dict[str, str]]:
-    """``{raw item id: row}`` from a bundle's ``items.csv`` (empty if there is none)."""
-    path = bundle_or_file / "items.csv" if bundle_or_file.is_dir() else bundle_or_file
-    if not path.exists():
-        return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["item_id"]: row for row in csv.DictReader(f)}
 
 
 @dataclass
@@ -222,18 +368,10 @@ def recommend_for_users(
             raise KeyError(f"{len(unknown)} unknown user id(s), e.g. {unknown[:5]}")
         dense = np.array([umap.to_dense(u) for u in users], dtype=np.int64)
     histories = [model.user_history(int(u)) for u in dense]
-    item_index = None
-    if index is not None:
-        from attnrec import retrieval
-
-        kind = retrieval.choose_kind(model.n_items_, index)
-        if retrieval.supports_vectors(model) and not (index == "auto" and kind == "exact"):
-            item_index = retrieval.build_index(model, kind)
-    if item_index is not None:
-        from attnrec.retrieval import recommend as retrieve
-
-        ids, scores = retrieve(model, histories, k=k, exclude_history=exclude_history, users=dense,
-                               index=item_index, batch_size=batch_size)
+    kind = retrieval.index_kind(model, index)
+    if kind is not None:
+        ids, scores = retrieval.recommend(model, histories, k=k, exclude_history=exclude_history, users=dense,
+                                          index=retrieval.build_index(model, kind), batch_size=batch_size)
     else:
         ids, scores = model.recommend(histories, k=k, exclude_history=exclude_history, users=dense, batch_size=batch_size)
     out = []
@@ -260,11 +398,23 @@ def write_recommendations(recs: Iterable[Recommendation], path: Path) -> int:
     return n
 
 
-def results_to_json(runs: Sequence[ModelRun], protocol: str) -> dict:
+def protocol_line(protocol: str, runs: Sequence[ModelRun], split: Split) -> str:
+    """The protocol as printed above every table: training protocol, then split and ranking."""
+    ranking = runs[0].result.protocol if runs else split.describe()
+    return f"{describe_protocol(protocol)}; {ranking}"
+
+
+def results_to_json(runs: Sequence[ModelRun], protocol: str, split: Split) -> dict:
+    """Every run's figures, each named with the protocol that produced it."""
     return {
-        "protocol": protocol,
+        "protocol": protocol_line(protocol, runs, split),
+        "protocol_name": protocol,
+        "split": split.describe(),
         "models": {
             r.name: {
+                "protocol": r.protocol,
+                "fitted_on": r.fitted_on,
+                "ranking": r.result.protocol,
                 "metrics": r.result.metrics,
                 "n_cases": r.result.n_cases,
                 "fit_seconds": r.fit_seconds,

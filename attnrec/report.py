@@ -9,10 +9,11 @@ inlined as base64 PNG) and the same charts as PNG files next to it:
 * ``popularity.png``: catalogue coverage and mean popularity of the
   recommended items (popularity bias), against the popularity of what users
   actually chose next;
-* ``training_<model>.png``: loss and validation metric per epoch for trained
-  models that keep a history (``model.history_``, ``model.validation_``);
+* ``training_<model>.png``: loss and validation metric per epoch for models
+  that declare ``REFIT`` (``training_summary()``, ``model.validation_``);
 * ``attention_<model>.png``: attention heatmaps of a few example test users for
-  models with ``attention_weights``.
+  models that declare ``ATTENTION`` (causal maps blank their unseen upper
+  triangle; bidirectional ones, BERT4Rec, are drawn whole).
 
 The report states the protocol at the top, and embeds every number it draws as
 JSON (``<script type="application/json" id="report-data">``) so that tests and
@@ -35,6 +36,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 import attnrec
+from attnrec.jsonable import to_jsonable
+from attnrec.models.base import Capability
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +209,8 @@ def _metrics_chart(out, rep, runs, colors) -> None:
 
 def _per_case(run, split, ks, exclude_history) -> dict[str, np.ndarray] | None:
     """Per-case metric arrays of ``run`` (re-evaluated with ``per_case=True`` when missing)."""
-    per = getattr(run.result, "per_case", None)
-    if per is not None:
-        return per
+    if run.result.per_case is not None:
+        return run.result.per_case
     from attnrec.evaluation import evaluate
 
     m = re.search(r"sampled, (\d+) negatives", " ".join(run.result.metrics))
@@ -302,8 +304,10 @@ def _popularity_chart(out, rep, runs, split, colors) -> None:
 
 
 def _training_chart(out, rep, run) -> None:
-    history = list(getattr(run.model, "history_", None) or [])
-    validation = getattr(run.model, "validation_", None) or {}
+    if not run.model.supports(Capability.REFIT):
+        return
+    history = run.model.training_summary()["history"]
+    validation = run.model.validation_ or {}
     vhist = list(validation.get("history") or [])
     if not history and not vhist:
         return
@@ -366,22 +370,20 @@ def _example_cases(split, n: int) -> list[int]:
 
 def _attention_chart(out, rep, run, split, catalogue, n_examples) -> None:
     model = run.model
-    if not callable(getattr(model, "attention_weights", None)) or n_examples < 1:
+    if not model.supports(Capability.ATTENTION) or n_examples < 1:
         return
     cases = _example_cases(split, n_examples)
     if not cases:
         return
     imap, umap = model.item_map_, model.user_map_
     histories = [np.asarray(split.test.history(c), dtype=np.int64)[-ATTENTION_WINDOW:] for c in cases]
-    try:
-        weights, lens = model.attention_weights(histories)
-    except (NotImplementedError, RuntimeError, ValueError) as e:
-        log.info("no attention chart for %s: %s", run.name, e)
-        return
-    n_layers = len(weights)
-    # position 0 can only attend to itself (weight 1): leave it out of the colour scale
-    vmax = max((float(w[b, :, 1:int(lens[b]), :int(lens[b])].mean(0).max())
-                for w in weights for b in range(len(cases)) if int(lens[b]) > 1), default=1.0)
+    maps = model.attention_maps(histories)
+    lens = maps.lengths
+    n_layers = len(maps.layers)
+    # causal: position 0 can only attend to itself (weight 1): leave it out of the colour scale
+    first = 1 if maps.causal else 0
+    vmax = max((float(w[:, first:].mean(0).max()) for b in range(len(cases)) if int(lens[b]) > first
+                for w in maps.history_maps(b)), default=1.0)
     vmax = max(vmax, 1e-6)
     fig = _figure(3.3 * n_layers + 0.8, 3.2 * len(cases))
     axes = fig.subplots(len(cases), n_layers, squeeze=False)
@@ -393,10 +395,11 @@ def _attention_chart(out, rep, run, split, catalogue, n_examples) -> None:
         labels = [_label(imap.to_raw(int(i)), catalogue) for i in items]
         user = umap.to_raw(int(split.test.users[case]))
         full_len = len(split.test.history(case))
-        for layer in range(n_layers):
+        for layer, heads in enumerate(maps.history_maps(row)):
             ax = axes[row][layer]
-            w = weights[layer][row, :, :L, :L].mean(0).numpy().astype(np.float64)
-            w = np.where(np.tril(np.ones((L, L), dtype=bool)), w, np.nan)  # causal: upper is unseen
+            w = heads.mean(0).numpy().astype(np.float64)
+            if maps.causal:  # the upper triangle is unseen, not zero
+                w = np.where(np.tril(np.ones((L, L), dtype=bool)), w, np.nan)
             image = ax.imshow(w, cmap="viridis", vmin=0.0, vmax=vmax, interpolation="nearest")
             ax.set_xticks(range(L), labels, rotation=90, fontsize=6)
             ax.set_yticks(range(L), labels, fontsize=6)
@@ -411,15 +414,21 @@ def _attention_chart(out, rep, run, split, catalogue, n_examples) -> None:
         fig.colorbar(image, ax=axes, shrink=0.6, extend="max",
                      label="attention weight (mean over heads)")
     rep.data["charts"].setdefault("attention", []).append({"model": run.name, "examples": examples,
-                                                          "layers": n_layers})
+                                                          "layers": n_layers, "causal": maps.causal})
     name = f"attention_{_slug(run.name)}.png"
+    if maps.causal:
+        how = ("Row t shows what the state at position t attended to (earlier positions only: the "
+               "upper triangle is blank); the bottom row is the state that scores every candidate "
+               "item. The first row is always 1 (the first item can only attend to itself) and is "
+               "left out of the colour scale, which saturates at the largest other weight.")
+    else:
+        how = ("Row t shows what position t attended to, in both directions (bidirectional "
+               "attention); the state that scores the candidates sits at an appended [MASK] "
+               "position that is not drawn. The colour scale saturates at the largest weight.")
     _save(fig, out, rep, name, f"Attention of example users: {run.name}",
           f"Self-attention of {len(cases)} test users over their input history (the last "
           f"{ATTENTION_WINDOW} items at most, oldest at the top/left), averaged over heads, one "
-          "column per layer. Row t shows what the state at position t attended to; the bottom row "
-          "is the state that scores every candidate item. The first row is always 1 (the first "
-          "item can only attend to itself) and is left out of the colour scale, which saturates "
-          "at the largest other weight.",
+          "column per layer. " + how,
           f"Heatmaps of attention weights for {len(cases)} example users and {n_layers} layers.")
 
 
@@ -477,11 +486,12 @@ def _html(rep: _Report, runs, split, protocol: str, ks, exclude_history: bool) -
             f"{' class=best' if best is not None and v == best else ''}>{fmt(v)}</td>"
             for r, v in zip(runs, vals))
         rows.append(f"<tr><th scope='row'>{e(k)}</th>{cells}</tr>")
-    for label, attr in (("fit seconds", "fit_seconds"), ("evaluate seconds", "eval_seconds")):
-        cells = "".join(f"<td>{getattr(r, attr):.1f}</td>" for r in runs)
+    for label, seconds in (("fit seconds", [r.fit_seconds for r in runs]),
+                           ("evaluate seconds", [r.eval_seconds for r in runs])):
+        cells = "".join(f"<td>{x:.1f}</td>" for x in seconds)
         rows.append(f"<tr class='time'><th scope='row'>{label}</th>{cells}</tr>")
     figures = []
-    data_json = json.dumps(_finite(rep.data), default=_json_default, allow_nan=False)
+    data_json = json.dumps(to_jsonable(rep.data, fallback=str), allow_nan=False)
     data_json = data_json.replace("</", "<\\/")
     for c in rep.charts:
         figures.append(
@@ -533,24 +543,3 @@ def _html(rep: _Report, runs, split, protocol: str, ks, exclude_history: bool) -
 </body>
 </html>
 """
-
-
-def _finite(obj: Any) -> Any:
-    """NaN/inf -> None, so the embedded JSON is strict."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
-        return None
-    return obj
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

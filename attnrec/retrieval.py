@@ -1,8 +1,9 @@
 """Top-k retrieval over large catalogues with a FAISS index.
 
-Models whose score is an inner product ``encode(history) @ W.T`` (SASRec,
-BERT4Rec: :func:`item_vectors` / :func:`user_vectors`) can be served from an
-index over the item vectors instead of scoring the whole catalogue:
+Models that declare the ``VECTORS`` capability (their score is an inner
+product ``model.query_vectors(histories) @ model.item_vectors().T``: SASRec,
+BERT4Rec) can be served from an index over the item vectors instead of scoring
+the whole catalogue:
 
 * ``"exact"``: ``IndexFlatIP``, brute-force inner product (exact; the default
   below :data:`AUTO_EXACT_MAX_ITEMS` items);
@@ -21,7 +22,8 @@ a category filter) are applied *after* the search: the index is over-fetched
 by the number of excluded items, re-queried with a 4x larger k for rows that
 still lack results, and rows that an ANN search cannot fill fall back to an
 exact scan, so a row gets ``k`` results whenever ``k`` admissible items exist.
-Returned scores are exact inner products, never the transformed distances.
+Returned scores are exact inner products, never the transformed distances, and
+are ordered by :mod:`attnrec.ranking`'s rule (equal scores: lower item id first).
 
 Models without item vectors (EASE, kNN, popularity) use the exact full-score
 path (:meth:`Recommender.recommend`). faiss is imported lazily.
@@ -36,6 +38,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+
+from attnrec.models.base import Capability, Recommender
+from attnrec.ranking import admissible, exclusion_mask, top_k, top_k_of
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +64,13 @@ def choose_kind(n_items: int, kind: str = "auto") -> str:
     return "exact" if n_items <= AUTO_EXACT_MAX_ITEMS else "ivf"
 
 
-def supports_vectors(model) -> bool:
-    """Whether ``model`` scores by ``encode(histories) @ output_weight().T``."""
-    return callable(getattr(model, "encode", None)) and callable(
-        getattr(getattr(model, "net_", None), "output_weight", None)
-    )
-
-
-def item_vectors(model) -> np.ndarray:
-    """``(n_items + 1, d)`` float32 item vectors of a vector model (row 0 = padding)."""
-    with torch.no_grad():
-        return np.ascontiguousarray(model.net_.output_weight().detach().float().cpu().numpy())
-
-
-def user_vectors(model, histories: Sequence[np.ndarray]) -> np.ndarray:
-    """``(B, d)`` float32 query vectors: ``scores = user_vectors @ item_vectors.T``."""
-    with torch.no_grad():
-        return np.ascontiguousarray(model.encode([np.asarray(h, dtype=np.int64) for h in histories])
-                                    .float().cpu().numpy())
+def index_kind(model: Recommender, kind: str | None) -> str | None:
+    """The index to build for ``model``: None for models without ``VECTORS``, for ``kind=None``
+    and where ``auto`` resolves to an exact scan (scoring every item is then as fast)."""
+    if kind is None or not model.supports(Capability.VECTORS):
+        return None
+    resolved = choose_kind(model.n_items_, kind)
+    return None if kind == "auto" and resolved == "exact" else resolved
 
 
 def default_nprobe(nlist: int) -> int:
@@ -159,12 +153,8 @@ class ItemIndex:
         ids = I.astype(np.int64) + 1  # faiss -1 (missing) becomes 0
         # exact inner products of the candidates (cheap: k x d per query)
         scores = np.einsum("bd,bkd->bk", queries.astype(np.float32), self.vectors[ids])
-        scores[ids == 0] = -np.inf
-        # order by the recomputed scores (faiss's float sums can swap near-ties);
-        # ties go to the lower item id, as in attnrec.models.base.top_k
-        order = np.lexsort((np.where(ids > 0, ids, np.iinfo(np.int64).max), -scores), axis=-1)
-        ids, scores = np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
-        return ids, scores
+        # order by the recomputed scores (faiss's float sums can swap near-ties)
+        return top_k_of(ids, scores)
 
     def search(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray | None] | None = None,
                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -204,11 +194,7 @@ class ItemIndex:
             ids, sc = self.search_raw(queries[pending], f)
             still = []
             for row, b in enumerate(pending):
-                keep = ids[row] > 0
-                if allowed is not None:
-                    keep &= allowed[ids[row]]
-                if len(banned[b]):
-                    keep &= ~np.isin(ids[row], banned[b], assume_unique=False)
+                keep = admissible(ids[row], banned[b], allowed)
                 got_ids, got_sc = ids[row][keep][:k], sc[row][keep][:k]
                 if len(got_ids) >= need[b] or (self.kind == "exact" and f >= n):
                     out_ids[b, : len(got_ids)] = got_ids
@@ -229,26 +215,20 @@ class ItemIndex:
         return out_ids, out_sc
 
     def _exact_row(self, q: np.ndarray, k: int, banned: np.ndarray, allowed: np.ndarray | None):
-        s = self.vectors @ q  # (n_items + 1,)
-        s[0] = -np.inf
-        if allowed is not None:
-            s[~allowed] = -np.inf
-        s[banned] = -np.inf
-        kk = min(k, len(s))
-        top = np.argpartition(-s, kk - 1)[:kk]
-        top = top[np.lexsort((top, -s[top]))]  # score desc, lower id first on ties
-        ids = np.where(np.isfinite(s[top]), top, 0)
+        s = torch.from_numpy((self.vectors @ q).astype(np.float32))[None]  # (1, n_items + 1)
+        mask = exclusion_mask([banned], s.shape[1], allowed=None if allowed is None else torch.from_numpy(allowed))
+        idx, vals = top_k(s.masked_fill(mask, float("-inf")), k)
         ids_out = np.zeros(k, np.int64)
         sc_out = np.full(k, -np.inf, np.float32)
-        ids_out[:kk], sc_out[:kk] = ids, np.where(ids > 0, s[top], -np.inf)
+        ids_out[: idx.shape[1]], sc_out[: idx.shape[1]] = idx[0].numpy(), vals[0].numpy()
         return ids_out, sc_out
 
 
-def build_index(model, kind: str = "auto", **kw) -> ItemIndex | None:
-    """An :class:`ItemIndex` over a vector model's items, or None for models without vectors."""
-    if not supports_vectors(model):
+def build_index(model: Recommender, kind: str = "auto", **kw) -> ItemIndex | None:
+    """An :class:`ItemIndex` over a vector model's items, or None for models without ``VECTORS``."""
+    if not model.supports(Capability.VECTORS):
         return None
-    return ItemIndex.build(item_vectors(model), kind, **kw)
+    return ItemIndex.build(model.item_vectors(), kind, **kw)
 
 
 def recommend(model, histories: Sequence[np.ndarray], k: int = 10, exclude_history: bool = True,
@@ -275,7 +255,7 @@ def recommend(model, histories: Sequence[np.ndarray], k: int = 10, exclude_histo
     rows = np.flatnonzero(nonempty)
     for start in range(0, len(rows), batch_size):
         r = rows[start : start + batch_size]
-        q = user_vectors(model, [histories[i] for i in r])
+        q = model.query_vectors([histories[i] for i in r])
         ex = []
         for i in r:
             parts = [histories[i]] if exclude_history else []

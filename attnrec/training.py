@@ -1,6 +1,6 @@
 """The one explicit training loop used by every neural model in attnrec.
 
-A model supplies three closures and a :class:`TrainConfig`:
+A model supplies two closures, a :class:`TrainConfig` and optionally a metric:
 
 * ``batches(epoch, rng) -> iterable`` of training batches for one epoch (``rng``
   is a ``numpy.random.Generator`` seeded from ``(seed, epoch)`` so an epoch's
@@ -8,11 +8,16 @@ A model supplies three closures and a :class:`TrainConfig`:
 * ``loss_fn(module, batch) -> scalar tensor`` (called with the module in train
   mode, inside ``bf16`` autocast when asked). The forward must go through the
   ``module`` argument: under ``torch.distributed`` it is the
-  ``DistributedDataParallel`` wrapper, whose forward arms the gradient
-  all-reduce. A one-argument ``loss_fn(batch)`` is still accepted; when
-  distributed its gradients are all-reduced by hand after ``backward``;
-* ``evaluate() -> float`` (optional): the validation metric, higher is better
-  (e.g. NDCG@10 by full ranking via :func:`attnrec.evaluation.evaluate`).
+  ``DistributedDataParallel`` wrapper, whose forward arms the gradient all-reduce;
+* ``evaluate() -> float`` (optional): the validation metric, higher is better,
+  recorded in the history under ``metric`` (the caller of a model's ``fit``
+  hands it a :class:`ValidationMetric`, e.g.
+  :func:`attnrec.evaluation.validation_metric`: NDCG@10 by full ranking).
+
+:class:`TrainConfig` is the one declaration of the training options: every
+field is also a hyperparameter of each model trained here
+(:class:`attnrec.models.neural.TrainedModel`; ``-p lr=...`` on the command line),
+and a model overrides defaults with a dataclass subclass.
 
 :func:`train` runs AdamW (and ``SparseAdam`` for the weights of any
 ``nn.Embedding(sparse=True)``: their gradients touch only the rows of a batch,
@@ -34,8 +39,8 @@ so one step averages the gradients of ``world`` batches; only rank 0 evaluates
 and writes checkpoints; on resume rank 0 reads the checkpoint and broadcasts it,
 so the other nodes need not share its file system.
 
-Library code only logs (logger ``attnrec.training``); the tqdm bar can be
-switched off with ``progress=False``.
+Library code only logs (logger ``attnrec.training``); the tqdm bar is off
+unless ``progress=True``.
 """
 
 from __future__ import annotations
@@ -48,9 +53,9 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -64,23 +69,25 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    """Training options (each field is also a hyperparameter of the models trained here)."""
+
+    epochs: int | str = 200  # a model may resolve "auto" from its data before training
+    batch_size: int = 128  # training examples per step (the model's ``batches`` read it)
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float | None = 5.0
     patience: int | None = 10  # evaluations without improvement before stopping (None = never stop)
     eval_every: int = 1
-    metric: str = "NDCG@10"
     seed: int = 0
     checkpoint_dir: str | None = None
     resume: bool = False
-    bf16: bool = False
+    bf16: bool | str = False  # bf16 autocast; "auto" = when the CPU has native bf16 matmuls
     # torch.compile of the loss closure. Off by default: on this CPU machine 2 epochs of the tiny
     # test SASRec took 185 s with it (compilation + recompiles for varying batch shapes) vs ~1 s without.
     compile: bool = False
     num_threads: int | None = None
-    progress: bool = True
+    progress: bool = False
     max_seconds: float | None = None  # wall-clock budget; stops after the epoch that exceeds it
     # learning-rate decay: multiply the rate by lr_decay_factor after every lr_decay_patience
     # evaluations without improvement, and after each epoch listed in lr_decay_epochs (the
@@ -93,27 +100,19 @@ class TrainConfig:
     # a refit that stops early keeps the selection run's horizon, so its epochs get the same rates
     lr_schedule: str = "constant"
     lr_schedule_epochs: int | None = None
-    desc: str = "train"
-
-
-@dataclass
-class TrainResult:
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0  # 1-based epoch whose weights were kept (0 = none evaluated)
-    best_metric: float = float("-inf")
-    epochs_run: int = 0
-    stopped_early: bool = False
-    seconds: float = 0.0
-    lr_decays: list[int] = field(default_factory=list)  # epochs after which the learning rate was decayed
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        if not math.isfinite(d["best_metric"]):
-            d["best_metric"] = None
-        return d
 
 
 LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_at(cfg: TrainConfig, epoch: int, n_decays: int = 0) -> float:
+    """The learning rate of (1-based) ``epoch`` after ``n_decays`` plateau/listed decays."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    horizon = max(1, int(cfg.lr_schedule_epochs or cfg.epochs))
+    frac = min(1.0, (epoch - 1) / horizon)
+    mult = {"constant": 1.0, "cosine": 0.5 * (1.0 + math.cos(math.pi * frac)), "linear": 1.0 - frac}
+    return cfg.lr * mult[cfg.lr_schedule] * cfg.lr_decay_factor ** n_decays
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -138,14 +137,30 @@ def resolve_bf16(value: bool | str) -> bool:
     return bool(value)
 
 
-def lr_at(cfg: TrainConfig, epoch: int, n_decays: int = 0) -> float:
-    """The learning rate of (1-based) ``epoch`` after ``n_decays`` plateau/listed decays."""
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
-    horizon = max(1, int(cfg.lr_schedule_epochs or cfg.epochs))
-    frac = min(1.0, (epoch - 1) / horizon)
-    mult = {"constant": 1.0, "cosine": 0.5 * (1.0 + math.cos(math.pi * frac)), "linear": 1.0 - frac}
-    return cfg.lr * mult[cfg.lr_schedule] * cfg.lr_decay_factor ** n_decays
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0  # 1-based epoch whose weights were kept (0 = none evaluated)
+    best_metric: float = float("-inf")
+    epochs_run: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    lr_decays: list[int] = field(default_factory=list)  # epochs after which the learning rate was decayed
+
+
+@dataclass(frozen=True)
+class ValidationMetric:
+    """The validation metric a model's ``fit`` is handed; early stopping and model choices maximise it.
+
+    ``name`` labels it in the training history; ``evaluate(model, evalset)``
+    computes it by ranking the whole catalogue; ``of_ranks(ranks)`` computes the
+    same figure from each case's 1-based target ranks (``inf`` = not ranked),
+    for a model that ranks its own candidates (the two-stage reranker).
+    """
+
+    name: str
+    evaluate: Callable[[Any, Any], float]
+    of_ranks: Callable[[Sequence[np.ndarray]], float]
 
 
 def seed_everything(seed: int) -> None:
@@ -165,10 +180,23 @@ def train(
     loss_fn: Callable[..., torch.Tensor],
     config: TrainConfig,
     evaluate: Callable[[], float] | None = None,
+    *,
+    metric: str = "metric",
+    name: str = "train",
     params: Iterable[torch.nn.Parameter] | None = None,
 ) -> TrainResult:
-    """Train ``module`` in place; returns the :class:`TrainResult` (best weights restored)."""
+    """Train ``module`` in place; returns the :class:`TrainResult` (best weights restored).
+
+    ``metric`` names ``evaluate``'s value in the history and the log; ``name``
+    labels the log lines and the progress bar.
+    """
     cfg = config
+    if not isinstance(cfg.epochs, int) or isinstance(cfg.epochs, bool):
+        raise ValueError(f"epochs must be an integer here, got {cfg.epochs!r} (a model resolves 'auto' "
+                         "from its data before training)")
+    if not _takes_module(loss_fn):
+        raise TypeError("loss_fn must take (module, batch) and run the forward through module "
+                        "(under torch.distributed it is the DistributedDataParallel wrapper)")
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
@@ -207,29 +235,23 @@ def train(
 
     # the module the loss goes through: the DDP wrapper when distributed
     rank, world = dist_utils.rank(), dist_utils.world_size()
-    takes_module = _takes_module(loss_fn)
     model: torch.nn.Module = module
-    manual_sync = False
     if world > 1:
-        if takes_module:
-            on_cpu = all(p.device.type == "cpu" for p in module.parameters())
-            model = torch.nn.parallel.DistributedDataParallel(
-                module, process_group=dist_utils.cpu_group() if on_cpu else None)
-        else:
-            manual_sync = True  # the closure calls the bare module: all-reduce gradients ourselves
-            log.warning("loss_fn(batch) does not take the module: gradients are all-reduced by hand")
+        on_cpu = all(p.device.type == "cpu" for p in module.parameters())
+        model = torch.nn.parallel.DistributedDataParallel(
+            module, process_group=dist_utils.cpu_group() if on_cpu else None)
     main = rank == 0
-    call_loss = (lambda b: step_loss(model, b)) if takes_module else step_loss
 
     autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.bf16 else (lambda: nullcontext())
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if resolve_bf16(cfg.bf16)
+        else (lambda: nullcontext())
     )
     t_train = time.perf_counter()
     pbar = None
     if cfg.progress and main:
         from tqdm.auto import tqdm
 
-        pbar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=cfg.desc, unit="epoch", leave=False)
+        pbar = tqdm(total=cfg.epochs, initial=start_epoch - 1, desc=name, unit="epoch", leave=False)
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
@@ -242,11 +264,9 @@ def train(
             total, n = 0.0, 0
             for batch in dist_utils.shard(batches(epoch, rng), rank, world):
                 with autocast():
-                    loss = call_loss(batch)
+                    loss = step_loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if manual_sync:
-                    _all_reduce_mean_grads(params, world)
                 if cfg.grad_clip:
                     _clip_grad_norm(params, cfg.grad_clip)
                 optimizer.step()
@@ -267,7 +287,7 @@ def train(
                     with torch.no_grad():
                         value = float(evaluate())
                 value = dist_utils.broadcast_object(value)
-                rec[cfg.metric] = value
+                rec[metric] = value
                 rec["eval_seconds"] = time.perf_counter() - t_eval
                 if value > result.best_metric:
                     result.best_metric, result.best_epoch = value, epoch
@@ -279,7 +299,7 @@ def train(
             elif evaluate is None:
                 result.best_epoch = epoch
             # evaluated this epoch and the n-th bad evaluation in a row (improving resets bad_evals)
-            plateau = (cfg.lr_decay_patience and cfg.metric in rec and bad_evals > 0
+            plateau = (cfg.lr_decay_patience and metric in rec and bad_evals > 0
                        and bad_evals % cfg.lr_decay_patience == 0)
             if plateau or epoch in cfg.lr_decay_epochs:
                 optimizer.scale_lr(cfg.lr_decay_factor)
@@ -288,16 +308,16 @@ def train(
             result.history.append(rec)
             result.epochs_run = epoch
             log.info(
-                "%s epoch %d loss %.4f %s %.1fs%s", cfg.desc, epoch, rec["loss"],
-                f"{cfg.metric} {rec[cfg.metric]:.4f}" if cfg.metric in rec else "", train_seconds,
+                "%s epoch %d loss %.4f %s %.1fs%s", name, epoch, rec["loss"],
+                f"{metric} {rec[metric]:.4f}" if metric in rec else "", train_seconds,
                 " *" if improved else "",
             )
             if rec.get("lr_decayed"):
-                log.info("%s learning rate x%g after epoch %d", cfg.desc, cfg.lr_decay_factor, epoch)
+                log.info("%s learning rate x%g after epoch %d", name, cfg.lr_decay_factor, epoch)
             if pbar is not None:
                 post = {"loss": f"{rec['loss']:.4f}"}
                 if result.best_epoch and math.isfinite(result.best_metric):
-                    post[f"best {cfg.metric}"] = f"{result.best_metric:.4f}"
+                    post[f"best {metric}"] = f"{result.best_metric:.4f}"
                 pbar.set_postfix(post)
                 pbar.update(1)
             stop = cfg.patience is not None and evaluate is not None and bad_evals >= cfg.patience
@@ -309,7 +329,7 @@ def train(
             if stop:
                 result.stopped_early = True
                 log.info("early stop at epoch %d; best epoch %d (%s %.4f)", epoch, result.best_epoch,
-                         cfg.metric, result.best_metric)
+                         metric, result.best_metric)
                 break
             if over_budget:
                 log.warning("time budget of %.0fs reached after epoch %d", cfg.max_seconds, epoch)
@@ -394,7 +414,7 @@ def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
 
 
 def _takes_module(loss_fn: Callable[..., torch.Tensor]) -> bool:
-    """Whether ``loss_fn`` has the ``(module, batch)`` signature (else the legacy ``(batch)``)."""
+    """Whether ``loss_fn`` has the ``(module, batch)`` signature."""
     try:
         sig = inspect.signature(loss_fn)
     except (TypeError, ValueError):
@@ -402,17 +422,6 @@ def _takes_module(loss_fn: Callable[..., torch.Tensor]) -> bool:
     positional = [p for p in sig.parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
-
-
-def _all_reduce_mean_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    import torch.distributed as dist
-
-    group = dist_utils.cpu_group()
-    for p in params:
-        if p.grad is None:  # every rank must join every all-reduce
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad, group=group)
-        p.grad.div_(world)
 
 
 def _save_checkpoint(path: Path, module, optimizer, result: TrainResult, best_state, bad_evals: int,

@@ -17,7 +17,7 @@ from attnrec import distributed
 from attnrec.data.chunked import load_sequences_chunked
 from attnrec.data.dataset import load_sequences_npz, save_sequences_npz
 from attnrec.models import SASRec
-from attnrec.models.sasrec import training_windows
+from attnrec.models.batching import training_windows, window_ids
 from attnrec.training import TrainConfig, train
 
 path, steps, bs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -49,14 +49,9 @@ def batches(epoch, rng):
     n_steps = 20 if epoch == 1 else steps
     for _ in range(n_steps * world):  # every rank builds the same list and takes its share
         sel = rng.integers(0, len(starts), bs)
-        s, n = starts[sel], lens[sel]
-        T = int(n.max())
-        ar = np.arange(T)
-        mask = ar[None, :] < n[:, None]
-        pos = np.where(mask, s[:, None] + ar[None, :], 0)
-        seq = torch.from_numpy(np.where(mask, data.items[pos], 0))
-        tgt = torch.from_numpy(np.where(mask, data.items[np.where(mask, pos + 1, 0)], 0))
-        yield epoch, seq, tgt, torch.from_numpy(mask)
+        seq, mask = window_ids(data.items, starts[sel], lens[sel])
+        tgt, _ = window_ids(data.items, starts[sel] + 1, lens[sel])
+        yield epoch, torch.from_numpy(seq), torch.from_numpy(tgt), torch.from_numpy(mask)
 
 
 def loss_fn(module, batch):
@@ -73,7 +68,7 @@ if distributed.is_main():
                       "load_s": round(t_load, 1), "steps": steps, "batch_per_proc": bs,
                       "targets": int(total), "seconds": round(secs, 2),
                       "events_per_s": round(total / secs, 1),
-                      "sparse_grad": bool(m.net_.sparse_grad), "loss": round(res.history[1]["loss"], 4)}),
+                      "sparse_grad": bool(m.net_.cfg.sparse_grad), "loss": round(res.history[1]["loss"], 4)}),
           flush=True)  # before teardown: a dying peer gets this rank SIGTERMed
 if bundle_dir and distributed.is_main():
     # the fitted state Recommender.fit would have set, then an ordinary bundle

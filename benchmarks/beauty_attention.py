@@ -30,34 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attnrec.benchmarking import load_split
+from attnrec.evaluation import evaluate, validation_metric
+from attnrec.models.batching import training_windows
+from attnrec.models.sasrec import SASRec
+from attnrec.training import resolve_bf16
 
-from attnrec.data.dataset import SequenceData  # noqa: E402
-from attnrec.data.preprocess import load_dataset  # noqa: E402
-import attnrec.models  # noqa: E402,F401  (registry first: avoids an import cycle via evaluation)
-from attnrec.evaluation import evaluate  # noqa: E402
-from attnrec.models.sasrec import SASRec, training_windows  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_attention")
-
-
-def loo_split(data: SequenceData):
-    try:
-        from attnrec.data.splits import leave_one_out
-
-        return leave_one_out(data)
-    except ImportError:  # before the splits module existed
-        from attnrec.data.dataset import EvalSet, Split
-
-        seqs = data.sequences()
-        u = np.arange(len(seqs))
-        train = SequenceData.from_lists([s[:-2] for s in seqs], data.n_items)
-        full = SequenceData.from_lists([s[:-1] for s in seqs], data.n_items)
-        valid = EvalSet.from_lists(u, [s[:-2] for s in seqs], [[s[-2]] for s in seqs], "valid")
-        test = EvalSet.from_lists(u, [s[:-1] for s in seqs], [[s[-1]] for s in seqs], "test")
-        return Split(train, valid, full, test)
 
 
 # ---------------------------------------------------------------------------
@@ -97,7 +76,7 @@ def timing_only(args, p: dict, split, fl: dict, thr: dict) -> dict:
     m = SASRec(**{**p, "epochs": args.timing_epochs, "patience": None}).fit(split.train_full)
     # throughput again after the run: keep the best measurement (the tightest bound)
     thr2 = measure_throughput(p["d_model"], split.train_full.n_items, p["ce_chunk"],
-                              torch.bfloat16 if p["bf16"] else torch.float32)
+                              torch.bfloat16 if resolve_bf16(p["bf16"]) else torch.float32)
     best = {k: max(thr[k], thr2[k]) for k in ("logits_gflops", "encoder_gflops")}
     bound = fl["encoder"] / (best["encoder_gflops"] * 1e9) + fl["logits"] / (best["logits_gflops"] * 1e9)
     secs = [h["seconds"] for h in m.history_]
@@ -153,7 +132,7 @@ def epoch_flops(lens: np.ndarray, d: int, n_layers: int, V: int, loss: str, n_ne
 # ---------------------------------------------------------------------------
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default="beauty", help="a shared dataset name or an interaction file")
     ap.add_argument("--loss", choices=["ce", "sampled_softmax", "bce", "gbce"])
     ap.add_argument("--similarity", choices=["dot", "cosine", "pearson"])
     ap.add_argument("--top-k", type=int)
@@ -220,10 +199,9 @@ def main(argv=None) -> dict:
     p = model.get_params()
 
     t_all = time.perf_counter()
-    data = load_dataset(Path(args.data))[0]  # the library loader: ids as in the file
-    split = loo_split(data)
+    data, split = load_split(args.data)  # the library loader: ids as in the file
     V = data.n_items
-    dtype = torch.bfloat16 if p["bf16"] else torch.float32
+    dtype = torch.bfloat16 if resolve_bf16(p["bf16"]) else torch.float32
     thr = measure_throughput(p["d_model"], V, p["ce_chunk"], dtype)
     _, lens_full = training_windows(split.train_full, p["max_len"])
     fl = epoch_flops(lens_full, p["d_model"], p["n_layers"], V, p["loss"], p["n_negatives"])
@@ -239,7 +217,7 @@ def main(argv=None) -> dict:
 
     # 1. model selection on the validation split
     t0 = time.perf_counter()
-    model.fit(split.train, split.valid)
+    model.fit(split.train, split.valid, validation_metric())
     t_select = time.perf_counter() - t0
     best_epoch = model.best_epoch_
     valid_ndcg = model.best_metric_
@@ -253,7 +231,7 @@ def main(argv=None) -> dict:
     t_refit = 0.0
     if args.protocol == "refit":
         t0 = time.perf_counter()
-        refit = {**p, **model.refit_params(), "max_seconds": None}
+        refit = {**p, **model.refit_params()}
         if args.checkpoint_dir:
             refit["checkpoint_dir"] = str(Path(args.checkpoint_dir) / "refit")
         final = SASRec(**refit).fit(split.train_full)

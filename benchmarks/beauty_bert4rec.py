@@ -25,22 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attnrec.benchmarking import load_split
+from attnrec.evaluation import evaluate, validation_metric
+from attnrec.models.bert4rec import BERT4Rec
+from attnrec.pipeline import fit_for_test, parse_value
 
-from attnrec.data.preprocess import load_dataset  # noqa: E402
-from attnrec.data.splits import leave_one_out  # noqa: E402
-from attnrec.evaluation import evaluate  # noqa: E402
-from attnrec.models.bert4rec import BERT4Rec  # noqa: E402
-from attnrec.pipeline import fit_for_test, parse_value  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data" / "beauty.txt"
 log = logging.getLogger("beauty_bert4rec")
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default="beauty", help="a shared dataset name or an interaction file")
     ap.add_argument("-p", "--param", action="append", default=[], help="hyperparameter key=value (repeatable)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--protocol", choices=["refit", "train-only"], default="refit")
@@ -56,14 +51,13 @@ def main(argv=None) -> dict:
     model = BERT4Rec().set_params(**params)
 
     t_all = time.perf_counter()
-    data = load_dataset(Path(args.data))[0]  # the library loader: ids as in the file
-    split = leave_one_out(data)
+    data, split = load_split(args.data)  # the library loader: ids as in the file
     t0 = time.perf_counter()
     if args.protocol == "refit":
         fit_for_test(model, split)
         sel = model.validation_
     else:
-        model.fit(split.train, split.valid)
+        model.fit(split.train, split.valid, validation_metric())
         sel = {"best_epoch": model.best_epoch_, "best_metric": model.best_metric_, "history": model.history_}
     t_train = time.perf_counter() - t0
     res = evaluate(model, split.test, ks=(5, 10, 20))

@@ -28,34 +28,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from attnrec.data.dataset import EvalSet, SequenceData, Split  # noqa: E402
-from attnrec.evaluation import evaluate, metrics_from_ranks, ranks_of_targets  # noqa: E402
-from attnrec.models.base import exclusion_mask  # noqa: E402
-from attnrec.pipeline import build_model, fit_for_test, make_split  # noqa: E402
-import attnrec.models.content  # noqa: E402,F401  (registers sasrec-content, text-sim)
+import attnrec.models.content  # noqa: F401  (registers sasrec-content, text-sim)
+from attnrec import benchmarking
+from attnrec.data.dataset import EvalSet, SequenceData, Split
+from attnrec.evaluation import evaluate, metrics_from_ranks, ranks_of_targets
+from attnrec.models.base import Capability
+from attnrec.pipeline import build_model, fit_for_test, make_split
+from attnrec.ranking import exclusion_mask
 
 log = logging.getLogger("cold_start")
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def load(name: str, seed: int):
     """``(data, catalogue source, text columns)``."""
     if name == "ml-100k":
-        from attnrec.data import load_dataset
-
-        data, _ = load_dataset(SHARED / "ml-100k" / "ml-100k.inter")
-        return data, str(SHARED / "ml-100k" / "ml-100k.item"), ["movie_title", "class",
-                                                                "release_year"]
+        return benchmarking.load(name), str(benchmarking.side_file(name, ".item")), [
+            "movie_title", "class", "release_year"]
     if name == "synthetic":
         from attnrec.data.synthetic import generate
 
@@ -172,7 +166,7 @@ def main() -> None:
     for name in args.models.split(","):
         model_name, params = specs[name]
         model = build_model(model_name, params)
-        if hasattr(model, "set_item_features"):
+        if model.supports(Capability.ADD_ITEMS):  # content models read the catalogue
             model.set_item_features(catalogue)
         t0 = time.perf_counter()
         if args.no_valid:
@@ -185,8 +179,8 @@ def main() -> None:
         r["warm"] = {k: v for k, v in r["warm"].items() if k in ("HR@10", "NDCG@10")}
         r["cold_among_cold"] = ranked_metrics(model.score, test_cold, cold)
         r["cold_full_catalogue"] = ranked_metrics(model.score, test_cold, None)
-        if hasattr(model, "best_epoch_"):
-            r["best_epoch"] = getattr(model, "validation_", {}).get("best_epoch")
+        if model.validation_:
+            r["best_epoch"] = model.validation_.get("best_epoch")
         results[name] = r
         log.info("%s: %s", name, json.dumps(r))
     if "pop" in args.models.split(","):

@@ -27,8 +27,9 @@ import attnrec.models  # noqa: E402,F401
 from attnrec.data.preprocess import load_dataset  # noqa: E402
 from attnrec.data.splits import leave_one_out  # noqa: E402
 from attnrec.models import attention  # noqa: E402
-from attnrec.models.sasrec import (SASRec, batch_order, gather_padded, training_prefixes,  # noqa: E402
-                                   training_windows)
+from attnrec.models.batching import (length_grouped_batches, training_prefixes,  # noqa: E402
+                                     training_windows, window_ids)
+from attnrec.models.sasrec import SASRec  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -47,23 +48,21 @@ def main(argv=None) -> None:
         m.dropout_ = 0.5
         net = m._build(train.n_items)
         net.train()
-        if mode == "prefixes":
-            ends, lens = training_prefixes(train, m.max_len)
-            firsts = ends - lens
-        else:
-            firsts, lens = training_windows(train, m.max_len)
+        firsts, lens = (training_prefixes if mode == "prefixes" else training_windows)(train, m.max_len)
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
         sec = dict.fromkeys(("batch", "forward", "loss", "backward", "step"), 0.0)
         targets = 0
-        for sel in batch_order(lens, bs, np.random.default_rng(0))[: args.steps]:
+        for step, sel in enumerate(length_grouped_batches(lens, bs, np.random.default_rng(0))):
+            if step == args.steps:
+                break
             t0 = time.perf_counter()
             n = lens[sel]
-            idx, real = gather_padded(train.items, firsts[sel], n, left=True)
-            seq = torch.from_numpy(np.where(real, train.items[idx], 0))
+            ids, real = window_ids(train.items, firsts[sel], n, left=True)
+            seq = torch.from_numpy(ids)
             if mode == "prefixes":
                 tgt, rows = torch.from_numpy(train.items[firsts[sel] + n]), None
             else:
-                tgt = torch.from_numpy(np.where(real, train.items[np.where(real, idx + 1, 0)], 0))
+                tgt = torch.from_numpy(window_ids(train.items, firsts[sel] + 1, n, left=True)[0])
                 rows = torch.from_numpy(real)
             t1 = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16):

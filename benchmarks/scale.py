@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from attnrec.benchmarking import BENCHMARKS, REPO
 
 
 def emit(**kw) -> None:
@@ -68,7 +68,7 @@ print(json.dumps({"seconds": dt, "users": data.n_users, "items": data.n_items,
 
 def cmd_pipeline(a) -> None:
     out = subprocess.run([sys.executable, "-c", _PIPELINE_CHILD, a.data, str(a.batch_size)],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+                         capture_output=True, text=True, check=True, cwd=REPO)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     emit(section="pipeline", data=a.data, batch_size=a.batch_size, **{k: round(v, 1) if isinstance(v, float) else v
                                                                       for k, v in r.items()})
@@ -76,12 +76,12 @@ def cmd_pipeline(a) -> None:
 
 # ---------------------------------------------------------------------------- train
 def cmd_train(a) -> None:
-    script = ROOT / "benchmarks" / "_scale_train_child.py"
+    script = BENCHMARKS / "_scale_train_child.py"
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={a.nproc}",
            str(script), a.data, str(a.steps), str(a.batch_size), str(a.threads), a.sparse_grad,
            a.save_bundle or ""]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
         raise SystemExit(out.returncode)

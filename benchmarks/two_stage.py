@@ -17,37 +17,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import attnrec.models.din  # noqa: E402,F401  (registers two-stage)
-from attnrec.evaluation import evaluate  # noqa: E402
-from attnrec.pipeline import build_model, fit_for_test, make_split  # noqa: E402
+import attnrec.models.din  # noqa: F401  (registers two-stage)
+from attnrec import benchmarking
+from attnrec.evaluation import evaluate
+from attnrec.pipeline import build_model, fit_for_test, make_split
 
 log = logging.getLogger("two_stage")
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def load(name: str, seed: int):
-    from attnrec.data import load_dataset
-
     if name == "ml-100k":
-        d = SHARED / "ml-100k"
-        data, _ = load_dataset(d / "ml-100k.inter")
-        return data, {"item_features": str(d / "ml-100k.item"),
-                      "feature_kinds": {"movie_title": "drop"},
-                      "user_features": str(d / "ml-100k.user"),
-                      "user_feature_kinds": {"age": "numeric", "zip_code": "drop"}}
+        return benchmarking.load(name), {"item_features": str(benchmarking.side_file(name, ".item")),
+                                         "feature_kinds": {"movie_title": "drop"},
+                                         "user_features": str(benchmarking.side_file(name, ".user")),
+                                         "user_feature_kinds": {"age": "numeric", "zip_code": "drop"}}
     if name == "beauty":
-        data, _ = load_dataset(SHARED / "beauty.txt")
-        return data, {}  # ids only
+        return benchmarking.load(name), {}  # ids only
     if name == "synthetic":
         from attnrec.data.synthetic import generate
 
@@ -114,7 +105,7 @@ def main() -> None:
         "first": {k: r_first.metrics[k] for k in keys},
         "two_stage": {k: r_two.metrics[k] for k in keys},
         "blend_chosen": two.blend_, "blend_valid_ndcg": getattr(two, "blend_scores_", None),
-        "ranker_best_epoch": two.validation_.get("best_epoch") if hasattr(two, "validation_") else None,
+        "ranker_best_epoch": two.validation_.get("best_epoch") if two.validation_ else None,
         "fit_seconds": {"first": round(fit_first, 1), "two_stage": round(fit_two, 1)},
         "latency_ms_per_request": {"first": round(lat_first, 2), "two_stage": round(lat_two, 2),
                                    "added": round(lat_two - lat_first, 2)},

@@ -3,10 +3,12 @@ from pathlib import Path
 
 import pytest
 
+from attnrec.benchmarking import shared_data as shared_data_dir
+
 torch = pytest.importorskip("torch")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()  # $ATTNREC_SHARED_DATA, else ../shared/data next to the checkout
 
 
 @pytest.fixture(scope="session")

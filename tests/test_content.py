@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from attnrec.content import EmbeddingCache, TextEncoder, packaged_model_path, text_key
+from attnrec.data.text import EmbeddingCache, TextEncoder, packaged_model_path, text_key
 
 
 class FakeModel:
@@ -70,8 +70,8 @@ def test_no_cache_mode(tmp_path):
 
 def test_attnrec_imports_without_sentence_transformers():
     code = ("import sys; sys.modules['sentence_transformers'] = None\n"
-            "import attnrec, attnrec.content, attnrec.models, attnrec.data.features\n"
-            "from attnrec.content import TextEncoder; TextEncoder('x', cache=False)\n"
+            "import attnrec, attnrec.data.text, attnrec.models, attnrec.data.features\n"
+            "from attnrec.data.text import TextEncoder; TextEncoder('x', cache=False)\n"
             "assert 'torch' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 

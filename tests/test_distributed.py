@@ -34,11 +34,11 @@ def make_problem(sparse_grad: bool = False):
     must equal dense AdamW's (weight decay 0).
     """
     from attnrec.models.attention import AttentionConfig
-    from attnrec.models.sasrec import SASRecNet
+    from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 
     torch.manual_seed(0)
-    net = SASRecNet(30, 6, AttentionConfig(d_model=16, n_heads=2, dropout=0.0), n_layers=1,
-                    sparse_grad=sparse_grad)
+    net = SASRecNet(SASRecConfig(30, max_len=6, n_layers=1, sparse_grad=sparse_grad,
+                                 attention=AttentionConfig(d_model=16, n_heads=2, dropout=0.0)))
     g = torch.Generator().manual_seed(1)
     seqs = torch.randint(1, 31, (64, 7), generator=g)
 
@@ -84,10 +84,6 @@ def _worker(rank: int, port: int, out: str) -> None:
         net, batches, loss_fn = make_problem()
         train(net, batches, loss_fn, config())
         result = {"ddp": net.state_dict()}
-        # legacy one-argument closures: gradients all-reduced by hand, same result
-        net2, batches2, loss_fn2 = make_problem()
-        train(net2, batches2, lambda b: loss_fn2(net2, b), config())
-        result["manual"] = net2.state_dict()
         # row-sparse item-table gradients: all-reduced sparsely by DDP, updated by SparseAdam
         net3, batches3, loss_fn3 = make_problem(sparse_grad=True)
         train(net3, batches3, loss_fn3, config())
@@ -97,18 +93,19 @@ def _worker(rank: int, port: int, out: str) -> None:
         from attnrec.data.preprocess import build_sequences
         from attnrec.data.splits import leave_one_out
         from attnrec.data.synthetic import generate
+        from attnrec.evaluation import validation_metric
         from attnrec.models import SASRec
 
         data, _ = build_sequences(generate(n_users=80, n_items=30, seed=3).log)
         split = leave_one_out(data)
         ck = os.path.join(out, f"ck{rank}")
         m = SASRec(d_model=16, n_layers=1, n_heads=1, max_len=10, epochs=3, patience=1, batch_size=16,
-                   dropout=0.0, num_threads=1, checkpoint_dir=ck).fit(split.train, valid=split.valid)
+                   dropout=0.0, num_threads=1, checkpoint_dir=ck).fit(split.train, split.valid, validation_metric())
         result["sasrec"] = m.net_.state_dict()
         result["history"] = [(h["epoch"], h.get("NDCG@10")) for h in m.history_]
         result["wrote_checkpoint"] = os.path.exists(os.path.join(ck, "checkpoint.pt"))
         # resume: rank 1 has no checkpoint file of its own; rank 0's is broadcast to it
-        m2 = SASRec(**{**m.get_params(), "resume": True}).fit(split.train, valid=split.valid)
+        m2 = SASRec(**{**m.get_params(), "resume": True}).fit(split.train, split.valid, validation_metric())
         result["resumed"] = m2.net_.state_dict()
         result["resumed_history"] = [(h["epoch"], h.get("NDCG@10")) for h in m2.history_]
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
@@ -131,7 +128,7 @@ def test_two_processes_match_one_process_on_the_global_batch(tmp_path):
 
     for k, v in ref.items():
         assert not torch.equal(v, initial[k])  # training moved the weights
-        for got in (r0["ddp"][k], r1["ddp"][k], r0["manual"][k]):
+        for got in (r0["ddp"][k], r1["ddp"][k]):
             torch.testing.assert_close(comparable(k, got), comparable(k, v), atol=1e-5, rtol=0)
         for got in (r0["sparse"][k], r1["sparse"][k]):
             # SparseAdam folds the bias corrections into the step size in another order than

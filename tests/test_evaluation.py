@@ -19,7 +19,7 @@ class FixedScores(Recommender):
     def __init__(self, row=None):
         self.row = row
 
-    def _fit(self, data, valid=None):
+    def _fit(self, data, valid=None, metric=None):
         pass
 
     def score(self, histories, users=None):

@@ -197,3 +197,34 @@ def test_sampled_metrics_report(tmp_path, small_synthetic):
     assert data["models"]["pop"]["metrics"] == runs[0].result.metrics
     assert not (tmp_path / "r" / "popularity.png").exists()
     assert re.search(r"NDCG@10 \(sampled, 50 negatives\)", html)
+
+
+def test_attention_heatmaps_blank_the_upper_triangle_only_for_causal_models(tmp_path, small_synthetic,
+                                                                             monkeypatch):
+    """SASRec's maps are causal (upper triangle unseen: blank); BERT4Rec's are bidirectional (drawn)."""
+    import numpy as np
+    from matplotlib.axes import Axes
+
+    from attnrec.models import BERT4Rec, SASRec
+    from attnrec.pipeline import evaluate_models, make_split
+
+    drawn: list[np.ndarray] = []
+    real_imshow = Axes.imshow
+    monkeypatch.setattr(Axes, "imshow", lambda self, X, **kw: (drawn.append(np.asarray(X)),
+                                                               real_imshow(self, X, **kw))[1])
+    split = make_split(small_synthetic.to_sequences(), "loo")
+    small = dict(epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=12, num_threads=1)
+    for model, causal in ((SASRec(**small), True), (BERT4Rec(**small), False)):
+        drawn.clear()
+        runs = evaluate_models({model.model_name: model}, split, ks=(10,))
+        write_report(tmp_path / model.model_name, runs, split, ks=(10,))
+        page = _Page()
+        page.feed((tmp_path / model.model_name / "report.html").read_text(encoding="utf-8"))
+        chart = json.loads(page.data_json)["charts"]["attention"][0]
+        assert chart["causal"] is causal
+        assert drawn and all(w.shape[0] == w.shape[1] >= 2 for w in drawn)
+        upper = [w[np.triu_indices(len(w), 1)] for w in drawn]
+        if causal:
+            assert all(np.isnan(u).all() for u in upper)
+        else:
+            assert all(np.isfinite(u).all() for u in upper) and any((u > 0).any() for u in upper)

@@ -2,6 +2,7 @@
 
 import pytest
 import numpy as np
+import pytest
 import torch
 
 from attnrec.training import CHECKPOINT_FILE, TrainConfig, train
@@ -19,9 +20,9 @@ def make_problem(seed: int = 0):
         for i in range(0, len(X), 32):
             yield X[perm[i : i + 32]], y[perm[i : i + 32]]
 
-    def loss_fn(batch):
+    def loss_fn(model, batch):
         xb, yb = batch
-        return torch.nn.functional.mse_loss(module(xb), yb)
+        return torch.nn.functional.mse_loss(model(xb), yb)
 
     return module, batches, loss_fn
 
@@ -55,7 +56,7 @@ def test_early_stopping_restores_best_epoch():
         snapshots.append(weights(m))
         return next(script)
 
-    r = train(m, b, l, cfg(patience=2), evaluate)
+    r = train(m, b, l, cfg(patience=2), evaluate, metric="NDCG@10")
     assert r.stopped_early and r.epochs_run == 4
     assert r.best_epoch == 2 and r.best_metric == 0.3
     assert [h["NDCG@10"] for h in r.history] == [0.1, 0.3, 0.2, 0.25]
@@ -157,9 +158,33 @@ def test_module_with_only_sparse_parameters_trains():
         for _ in range(10):
             yield torch.arange(20)  # every row each step: the loss must fall steadily
 
-    def loss_fn(ids):
-        return ((emb(ids) - target[ids]) ** 2).mean()
+    def loss_fn(module, ids):
+        return ((module(ids) - target[ids]) ** 2).mean()
 
     r = train(emb, batches, loss_fn, cfg(epochs=3))
     assert emb.weight.grad is None or emb.weight.grad.is_sparse
     assert r.history[-1]["loss"] < r.history[0]["loss"] and not torch.equal(emb.weight, before)
+
+
+def test_one_argument_loss_is_refused_with_a_clear_error():
+    m, b, _ = make_problem()
+    with pytest.raises(TypeError, match=r"loss_fn must take \(module, batch\)"):
+        train(m, b, lambda batch: m(batch[0]).sum(), cfg(epochs=1))
+
+
+def test_training_options_are_declared_once_and_are_flat_hyperparameters():
+    from dataclasses import fields
+
+    from attnrec.models import BERT4Rec, SASRec
+    from attnrec.models.din import TwoStage
+
+    names = {f.name for f in fields(TrainConfig)}
+    for cls in (SASRec, BERT4Rec, TwoStage):
+        assert names <= set(cls().get_params()), cls
+    b = BERT4Rec()
+    assert (b.lr, b.batch_size, b.lr_decay_patience) == (2e-3, 64, 3)  # BERT4Rec's own defaults
+    assert (TwoStage().epochs, SASRec().epochs) == (20, 200)
+    c = b.set_params(lr_decay_patience=5, bf16=True, epochs=7).train_config()
+    assert isinstance(c, TrainConfig) and (c.lr_decay_patience, c.bf16, c.epochs, c.lr) == (5, True, 7, 2e-3)
+    with pytest.raises(TypeError, match="SASRec has no hyperparameter 'lrr'"):
+        SASRec(lrr=1e-3)

@@ -9,9 +9,9 @@ from attnrec.data.dataset import (
     save_sequences_npz,
 )
 from attnrec.data.errors import DataError
-from attnrec.data.io import (
+from attnrec.data.columns import ColumnMap
+from attnrec.data.readers import (
     FORMATS,
-    ColumnMap,
     detect_format,
     read_interactions,
     read_log,

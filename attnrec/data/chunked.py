@@ -32,7 +32,8 @@ import pyarrow.compute as pc
 
 from attnrec.data.dataset import IdMap, SequenceData
 from attnrec.data.errors import DataError
-from attnrec.data.io import ColumnMap, _as_string, _resolve_columns, _to_seconds, detect_format
+from attnrec.data.columns import ColumnMap, as_string, resolve_columns, to_seconds
+from attnrec.data.readers import detect_format
 from attnrec.data.preprocess import _dense_order
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def _ids(arr: pa.Array) -> np.ndarray:
         arr = arr.combine_chunks()
     if pa.types.is_integer(arr.type) and arr.null_count == 0:
         return arr.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    s = _as_string(arr)
+    s = as_string(arr)
     if s.null_count:
         raise DataError("missing user or item ids (the in-memory loader reports the lines)")
     return np.asarray(s.to_numpy(zero_copy_only=False), dtype=str)
@@ -86,7 +87,7 @@ def _times(arr: pa.Array | None, n: int, start: int) -> np.ndarray:
     if arr is None:
         return np.arange(start, start + n, dtype=np.float64)  # no times: file order
     if pa.types.is_timestamp(arr.type) or pa.types.is_date(arr.type):
-        return _to_seconds(arr)
+        return to_seconds(arr)
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
         return arr.to_numpy(zero_copy_only=False).astype(np.float64)
     return pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
@@ -156,7 +157,7 @@ def load_sequences_chunked(path: str | Path, columns: ColumnMap | None = None, f
     path = Path(path)
     t0 = time.perf_counter()
     names, batches = _open(path, format)
-    roles = _resolve_columns(names, columns, path)
+    roles = resolve_columns(names, columns, path)
     ucol, icol, tcol = roles["user"], roles["item"], roles.get("timestamp")
     cols = [ucol, icol] + ([tcol] if tcol else [])
 

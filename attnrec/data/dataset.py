@@ -159,19 +159,6 @@ class SequenceData:
         """Interactions per dense item id, length ``n_items + 1`` (index 0 = padding)."""
         return np.bincount(self.items, minlength=self.n_items + 1)
 
-    def truncate(self, drop_last: int) -> "SequenceData":
-        """Each user's sequence without its last ``drop_last`` items (for leave-one-out)."""
-        lengths = np.maximum(self.lengths - drop_last, 0)
-        keep = np.zeros(len(self.items), dtype=bool)
-        starts = self.indptr[:-1]
-        # mark positions start..start+len-1
-        for u in np.nonzero(lengths)[0]:
-            keep[starts[u] : starts[u] + lengths[u]] = True
-        indptr = np.zeros_like(self.indptr)
-        np.cumsum(lengths, out=indptr[1:])
-        ts = None if self.timestamps is None else self.timestamps[keep]
-        return SequenceData(indptr, self.items[keep], self.n_items, self.user_map, self.item_map, ts)
-
     def stats(self) -> dict:
         lengths = self.lengths
         n_active_items = int((self.item_counts()[1:] > 0).sum())

@@ -37,16 +37,19 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from attnrec.data.columns import ALIASES
 from attnrec.data.dataset import IdMap
+from attnrec.data.errors import DataError
+from attnrec.data.readers import detect_format, read_delimited_table
 
 log = logging.getLogger(__name__)
 
 KINDS = ("categorical", "multi", "numeric", "text", "vector")
-ID_COLUMNS = ("item_id", "user_id", "id", "item", "user", "itemid", "userid", "movie_id", "asin",
-              "product_id")
+# id column of a feature table: the generic names first, then every user/item id name
+# the interaction readers recognise (one list: attnrec.data.columns.ALIASES)
+ID_COLUMNS = tuple(dict.fromkeys(("item_id", "user_id", "id", *ALIASES["item"], *ALIASES["user"])))
 TEXT_NAMES = ("title", "name", "description", "desc", "text", "summary", "movie_title",
               "overview", "plot", "review", "caption", "content", "headline")
 MAX_TOKENS = 32  # cap on tokens kept per multi-valued cell
@@ -120,60 +123,47 @@ class RawTable:
 def read_feature_table(path: str | Path | pa.Table, sep: str | None = None) -> RawTable:
     """Read a RecBole ``.item``/``.user``, CSV/TSV or Parquet file (or wrap an Arrow table).
 
-    Delimited files are read as strings (values are parsed per column kind later,
-    so a bad value is reported, not fatal); lines with the wrong number of fields
-    are skipped and listed in ``bad_lines``.
+    The format is decided by :func:`attnrec.data.readers.detect_format` (unknown
+    extensions are read as delimited text). Delimited files are read as strings
+    (values are parsed per column kind later, so a bad value is reported, not
+    fatal); lines with the wrong number of fields are skipped and listed in
+    ``bad_lines``; a file that cannot be read at all gives an empty table.
     """
     if isinstance(path, pa.Table):
         return RawTable(path, {}, [], "<table>")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"feature file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
+    fmt = detect_format(path, default="csv")
+    if fmt == "parquet":
         return RawTable(pq.read_table(path), {}, [], str(path))
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\r\n")
-    recbole = suffix in (".item", ".user") or (":" in header and "\t" in header)
-    if sep is None:
-        if recbole or suffix in (".tsv", ".tab"):
-            sep = "\t"
-        else:
-            counts = {s: header.count(s) for s in (",", "\t", ";", "|")}
-            sep = max(counts, key=counts.get) if max(counts.values()) else ","
-    bad: list[tuple[int | None, str]] = []
-
-    def on_invalid(row) -> str:
-        bad.append((row.number, row.text))
-        return "skip"
-
+    if fmt not in ("csv", "tsv", "recbole"):
+        raise DataError(f"feature files are CSV/TSV, Parquet or RecBole .item/.user; this one reads as {fmt}",
+                        path)
     try:
-        table = pcsv.read_csv(
-            path,
-            read_options=pcsv.ReadOptions(use_threads=False),  # keeps row numbers exact
-            parse_options=pcsv.ParseOptions(delimiter=sep, quote_char=False if recbole else '"',
-                                            invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(column_types=_all_strings(header, sep, recbole)),
-        )
-    except pa.ArrowInvalid as e:  # e.g. a header only, or an encoding problem
-        log.warning("%s: could not parse (%s); no features read", path, e)
-        return RawTable(pa.table({}), {}, [f"{path}: {e}"], str(path))
-    types: dict[str, str] = {}
-    if recbole:
-        names = [c.split(":", 1)[0] for c in table.column_names]
-        types = {n: (c.split(":", 1)[1] if ":" in c else "token")
-                 for n, c in zip(names, table.column_names)}
-        table = table.rename_columns(names)
-    # row.number is the physical line number (header = line 1)
-    bad_lines = [f"line {n if n is not None else '?'}: {t[:60]!r}" for n, t in bad]
-    return RawTable(table, types, bad_lines, str(path))
+        read = read_delimited_table(path, sep or ("\t" if fmt == "tsv" else None), recbole=fmt == "recbole",
+                                    on_bad_lines="skip")
+    except DataError as e:  # e.g. an empty file or an encoding problem: no rows, reported
+        return RawTable(pa.table({}), {}, [e.message], str(path))
+    bad_lines = [f"line {n if n is not None else '?'}: {t[:60]!r}" for n, t, _, _ in read.invalid_lines(path)]
+    return RawTable(read.table, read.types, bad_lines, str(path))
 
 
-def _all_strings(header: str, sep: str, recbole: bool) -> dict[str, pa.DataType]:
-    import csv
+def check_feature_file(path: str | Path, what: str = "feature file") -> RawTable:
+    """Read a feature file strictly: a missing, unreadable or row-less file is a :class:`DataError`.
 
-    names = header.split(sep) if recbole else next(csv.reader([header], delimiter=sep))
-    return {n.strip(): pa.string() for n in names}
+    :func:`load_features` tolerates such files (logged, no features); callers that
+    take a file from the user check it with this first, so a bad file fails
+    before any training starts instead of silently training without features.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such {what}", path)
+    raw = read_feature_table(path)
+    if raw.table.num_rows == 0:
+        why = f" ({raw.bad_lines[0]})" if raw.bad_lines else ""
+        raise DataError(f"the {what} has no usable rows{why}", path)
+    return raw
 
 
 def read_vectors(path: str | Path, ids: str | Path | Sequence[str] | None = None,
@@ -616,15 +606,6 @@ class FeatureTable:
         for i in range(self.n_rows):
             parts = [self.raw[c][i] for c in columns if c in self.raw and self.raw[c][i]]
             out.append(sep.join(parts))
-        return out
-
-    def multi_hot(self, column: str) -> np.ndarray:
-        """``(n_rows, vocab + 1)`` 0/1 matrix of a categorical column (column 0 = none)."""
-        a = self.categorical[column]
-        out = np.zeros((self.n_rows, len(self.schema.vocab[column]) + 1), np.float32)
-        rows = np.repeat(np.arange(self.n_rows), a.shape[1])
-        out[rows, a.reshape(-1)] = 1.0
-        out[:, 0] = 0.0
         return out
 
     def attach_vectors(self, name: str, ids: Sequence[str], matrix: np.ndarray) -> None:

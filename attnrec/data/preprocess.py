@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from attnrec.data.dataset import IdMap, SequenceData
-from attnrec.data.io import ColumnMap, read_log
+from attnrec.data.columns import ColumnMap
+from attnrec.data.readers import read_log
 from attnrec.data.log import InteractionLog, LoadReport
 
 logger = logging.getLogger(__name__)

@@ -322,3 +322,28 @@ class TransformerBlock(nn.Module):
             x = self.ln1(x + self.drop1(a))
             x = self.ln2(x + self.drop2(self.ffn(x)))
         return x, w
+
+
+class BlockStack(nn.ModuleList):
+    """:class:`TransformerBlock` layers applied in order; returns ``(x, per-layer weights)``."""
+
+    def forward(self, x: torch.Tensor, *, need_weights: bool = False, **masks
+                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        weights = []
+        for block in self:
+            x, w = block(x, need_weights=need_weights, **masks)  # (B, T, d)
+            weights.append(w)
+        return x, weights
+
+
+def init_weights(m: nn.Module) -> None:
+    """GPT-style initialisation (``module.apply(init_weights)``): N(0, 0.02), zero biases and padding rows."""
+    if isinstance(m, nn.Linear):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+        if m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()

@@ -24,12 +24,25 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from types import MappingProxyType
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from attnrec.data.dataset import IdMap, SequenceData, load_sequences_npz, save_sequences_npz
+from attnrec.data.dataset import SequenceData, load_sequences_npz, save_sequences_npz
+from attnrec.jsonable import to_jsonable
+from attnrec.models.capabilities import (
+    CAPABILITY_METHODS,
+    AttentionMaps,
+    Capability,
+    CapabilityError,
+    Explanation,
+)
+from attnrec.ranking import exclusion_mask, top_k
+
+__all__ = ["Recommender", "Capability", "CapabilityError", "Explanation", "AttentionMaps",
+           "register", "get_model_class", "available_models", "popularity_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +61,9 @@ def register(name: str):
     return deco
 
 
+# The registry is full whenever this module can be used: importing it runs the package's
+# ``attnrec/models/__init__.py`` first, which imports every model module.
 def get_model_class(name: str) -> type["Recommender"]:
-    import attnrec.models  # noqa: F401  (populates the registry)
-
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -59,80 +72,70 @@ def get_model_class(name: str) -> type["Recommender"]:
 
 
 def available_models() -> list[str]:
-    import attnrec.models  # noqa: F401
-
     return sorted(_REGISTRY)
 
 
-def histories_to_csr(histories: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    indptr = np.zeros(len(histories) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(histories) else np.zeros(0, np.int64)
-    return indptr, flat
+def popularity_scores(data: SequenceData) -> torch.Tensor:
+    """The popularity order as ``(n_items + 1,)`` float32 scores (column 0 ``-inf``).
 
-
-def exclusion_mask(
-    histories: Sequence[np.ndarray],
-    n_columns: int,
-    exclude_history: bool = True,
-    exclude: Sequence[Sequence[int]] | None = None,
-) -> torch.Tensor:
-    """Boolean ``(B, n_columns)`` mask of items that must not be recommended.
-
-    Column 0 (padding) is always excluded.
+    Most training interactions first; equally popular items newest first (the
+    item whose first interaction came later gathered its count faster), then
+    the higher id. Scores are the resulting order, ``n_items`` for the top item
+    down to 1, so they never tie and stay exact in float32 whatever the counts.
+    This is the ``pop`` model and the fallback of every model for an empty history.
     """
-    B = len(histories)
-    mask = torch.zeros(B, n_columns, dtype=torch.bool)
-    mask[:, 0] = True
-    rows: list[np.ndarray] = []
-    cols: list[np.ndarray] = []
-    if exclude_history:
-        for b, h in enumerate(histories):
-            if len(h):
-                rows.append(np.full(len(h), b))
-                cols.append(np.asarray(h, dtype=np.int64))
-    if exclude is not None:
-        for b, e in enumerate(exclude):
-            if e is not None and len(e):
-                rows.append(np.full(len(e), b))
-                cols.append(np.asarray(e, dtype=np.int64))
-    if rows:
-        r = torch.from_numpy(np.concatenate(rows))
-        c = torch.from_numpy(np.concatenate(cols))
-        keep = (c >= 0) & (c < n_columns)
-        mask[r[keep], c[keep]] = True
-    return mask
-
-
-def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k per row with a deterministic tie-break (lower item id first).
-
-    Masked entries must be ``-inf``; they are returned only if fewer than k
-    finite scores exist, and callers drop them (id ``0``).
-    """
-    k = min(k, scores.shape[1])
-    vals, idx = torch.topk(scores, k, dim=1)
-    # topk is not stable: if ties straddle the boundary or sit inside the list,
-    # redo those rows with a stable sort so results never depend on the kernel.
-    kth = vals[:, -1:]
-    n_ge = (scores >= kth).sum(dim=1)
-    tied = (n_ge > k) | (vals[:, :-1] == vals[:, 1:]).any(dim=1) if k > 1 else (n_ge > k)
-    if tied.any():
-        rows = tied.nonzero().squeeze(1)
-        s_vals, s_idx = torch.sort(scores[rows], dim=1, descending=True, stable=True)
-        vals[rows] = s_vals[:, :k]
-        idx[rows] = s_idx[:, :k]
-    idx = torch.where(torch.isfinite(vals), idx, torch.zeros_like(idx))
-    return idx, vals
+    n = data.n_items + 1
+    counts = data.item_counts().astype(np.float64)
+    # first appearance: earliest timestamp, or first position in the log without times
+    key = data.timestamps if data.timestamps is not None else np.arange(len(data.items), dtype=np.float64)
+    first_seen = np.full(n, np.inf)
+    np.minimum.at(first_seen, data.items, key)
+    first_seen[~np.isfinite(first_seen)] = -np.inf  # never seen: oldest
+    order = np.lexsort((np.arange(n), first_seen, counts))  # ascending: least popular first
+    scores = np.empty(n, dtype=np.float32)
+    scores[order] = np.arange(n, dtype=np.float32)
+    scores[0] = -np.inf
+    return torch.from_numpy(scores)
 
 
 class Recommender:
-    """Base class; subclasses implement ``_fit``, ``score`` and tensor state."""
+    """Base class; subclasses implement ``_fit``, ``_score`` and tensor state.
+
+    Optional capabilities (:mod:`attnrec.models.capabilities`) are declared in
+    ``capabilities``; their methods here refuse with :class:`CapabilityError`
+    until a subclass that declares them implements them.
+    """
 
     model_name: ClassVar[str] = "base"
     #: whether the model uses the order of a history (sequential) or only its set
     sequential: ClassVar[bool] = False
+    #: the optional capabilities this model implements
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+    #: what an :class:`Explanation`'s weights are (models declaring ``EXPLAIN``)
+    explain_method: ClassVar[str] = "none"
+    #: ``score`` of one history is a sparse sum or a lookup (no network forward):
+    #: cheap enough for the service to run on its event loop
+    light_scoring: ClassVar[bool] = False
+    #: set by :func:`attnrec.pipeline.fit_for_test` after a validation run (``training_summary()``)
+    validation_: dict[str, Any] | None = None
+    #: set by :meth:`load`: the bundle's ``metrics.json`` and ``info``
+    bundle_metrics_: Mapping[str, Any] = MappingProxyType({})
+    bundle_info_: Mapping[str, Any] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for cap in cls.capabilities:
+            for method in CAPABILITY_METHODS[cap]:
+                if getattr(cls, method) is getattr(Recommender, method):
+                    raise TypeError(f"{cls.__name__} declares {cap.value!r} but does not implement {method}()")
+
+    @classmethod
+    def supports(cls, capability: Capability) -> bool:
+        """Whether this model declares ``capability``."""
+        return capability in cls.capabilities
+
+    def _refuse(self, capability: Capability, hint: str = "") -> CapabilityError:
+        return CapabilityError(self.model_name, capability, hint)
 
     # ---- hyperparameters -------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -156,8 +159,14 @@ class Recommender:
         return f"{type(self).__name__}({args})"
 
     # ---- fitting ---------------------------------------------------------
-    def fit(self, data: SequenceData, valid: Any = None) -> "Recommender":
-        """Learn from ``data`` (``valid`` is an :class:`EvalSet` for early stopping)."""
+    def fit(self, data: SequenceData, valid: Any = None, metric: Any = None) -> "Recommender":
+        """Learn from ``data``.
+
+        ``valid`` (an :class:`EvalSet`) and ``metric`` (an
+        :class:`attnrec.training.ValidationMetric`, e.g.
+        :func:`attnrec.evaluation.validation_metric`) drive early stopping and
+        validation choices in the models that make them; others ignore both.
+        """
         if data.n_interactions == 0:
             raise ValueError("cannot fit on an empty dataset (0 interactions)")
         t0 = time.perf_counter()
@@ -166,12 +175,12 @@ class Recommender:
         self.user_map_ = data.user_map
         self.train_data_ = data
         self.item_counts_ = data.item_counts().astype(np.float32)
-        self._fit(data, valid)
+        self._fit(data, valid, metric)
         self.fit_seconds_ = time.perf_counter() - t0
         log.info("%s fitted in %.1fs", type(self).__name__, self.fit_seconds_)
         return self
 
-    def _fit(self, data: SequenceData, valid: Any) -> None:  # pragma: no cover - abstract
+    def _fit(self, data: SequenceData, valid: Any, metric: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _check_fitted(self) -> None:
@@ -180,8 +189,32 @@ class Recommender:
 
     # ---- inference -------------------------------------------------------
     def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        """Scores for every item: float32 tensor ``(B, n_items + 1)``, column 0 = ``-inf``."""
+        """Scores for every item: float32 tensor ``(B, n_items + 1)``, column 0 = ``-inf``.
+
+        An empty history gets :meth:`popularity_scores` (the one popularity fallback).
+        """
+        self._check_fitted()
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        with torch.no_grad():
+            s = self._score(histories, users).float()
+        empty = [b for b, h in enumerate(histories) if len(h) == 0]
+        if empty:
+            s[empty] = self.popularity_scores()
+        s[:, 0] = float("-inf")
+        return s
+
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None) -> torch.Tensor:  # pragma: no cover
+        """``(B, n_items + 1)`` scores of non-padding items (column 0 and empty rows are overwritten)."""
         raise NotImplementedError
+
+    def popularity_scores(self) -> torch.Tensor:
+        """:func:`popularity_scores` of the fit data, ``(n_items + 1,)`` (memoised; do not modify)."""
+        self._check_fitted()
+        data, memo = self.__dict__.get("_popularity", (None, None))
+        if data is not self.train_data_ or len(memo) != self.n_items_ + 1:  # new data, or add_items
+            memo = popularity_scores(self.train_data_)
+            self._popularity = (self.train_data_, memo)
+        return memo
 
     def recommend(
         self,
@@ -220,6 +253,44 @@ class Recommender:
         """The fit-time history of dense user ``user``."""
         self._check_fitted()
         return self.train_data_.sequence(user)
+
+    # ---- optional capabilities (refused unless declared and implemented) ---------------
+    def explain_items(self, histories: Sequence[np.ndarray], items: Sequence[Sequence[int]],
+                      users: np.ndarray | None = None) -> list[list[Explanation]]:
+        """``EXPLAIN``: per history ``b``, one :class:`Explanation` for each item of ``items[b]``."""
+        raise self._refuse(Capability.EXPLAIN)
+
+    def item_vectors(self) -> np.ndarray:
+        """``VECTORS``: ``(n_items + 1, d)`` float32 item vectors (row 0 = padding)."""
+        raise self._refuse(Capability.VECTORS, "its scores are not inner products of vectors")
+
+    def query_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """``VECTORS``: ``(B, d)`` float32 queries; ``score = query_vectors @ item_vectors().T``."""
+        raise self._refuse(Capability.VECTORS, "its scores are not inner products of vectors")
+
+    def attention_maps(self, histories: Sequence[np.ndarray]) -> AttentionMaps:
+        """``ATTENTION``: the self-attention of each history, per layer and head."""
+        raise self._refuse(Capability.ATTENTION, "it has no self-attention")
+
+    def refit_params(self) -> dict[str, Any]:
+        """``REFIT``: parameters for the refit on train + validation (e.g. the chosen epoch count)."""
+        raise self._refuse(Capability.REFIT, "it has no validation-driven training")
+
+    def training_summary(self) -> dict[str, Any]:
+        """``REFIT``: ``{"best_epoch", "best_metric", "history"}`` of the last fit (history: per epoch)."""
+        raise self._refuse(Capability.REFIT, "it has no validation-driven training")
+
+    def add_items(self, rows: Any) -> list[int]:
+        """``ADD_ITEMS``: add or re-describe catalogue rows without retraining; their dense ids."""
+        raise self._refuse(Capability.ADD_ITEMS, "new items need retraining; use a content-aware model "
+                           "such as sasrec-content")
+
+    def similar_scores(self, items: Sequence[int]) -> torch.Tensor:
+        """``SIMILAR_ITEMS``: ``(len(items), n_items + 1)`` similarity of every item to each given one.
+
+        Column 0 is ``-inf``; callers exclude the item itself when ranking.
+        """
+        raise self._refuse(Capability.SIMILAR_ITEMS, "it has no item-item similarity")
 
     # ---- persistence -----------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -261,7 +332,7 @@ class Recommender:
         save_sequences_npz(path / "sequences.npz", self.train_data_)
         (path / "metrics.json").write_text(json.dumps(metrics or {}, indent=2))
         # config last: its presence marks a complete bundle
-        (path / "config.json").write_text(json.dumps(config, indent=2, default=_json_default))
+        (path / "config.json").write_text(json.dumps(to_jsonable(config), indent=2))
         return path
 
     @classmethod
@@ -293,19 +364,3 @@ class Recommender:
         metrics_file = path / "metrics.json"
         model.bundle_metrics_ = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
         return model
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def item_id_map(model: Recommender) -> IdMap:
-    return model.item_map_

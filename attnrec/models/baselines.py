@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from attnrec.data.dataset import SequenceData
 from attnrec.models.base import Recommender, register
+from attnrec.models.capabilities import Capability, Explanation, item_item_explanations
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +53,27 @@ def histories_matrix(histories: Sequence[np.ndarray], n_columns: int) -> sp.csr_
 class MostPopular(Recommender):
     """Ranks items by their number of training interactions (ignores the history).
 
-    Equally popular items are ordered newest first (the item whose first
-    interaction came later has gathered its count faster). Scores are the
-    resulting order, ``n_items`` for the top item down to 1, so they stay exact
-    in float32 whatever the counts.
+    The order is :func:`attnrec.models.base.popularity_scores` (equally popular
+    items newest first): the same order every model falls back to for an empty
+    history. Its explanation says just that: no history item is involved.
     """
+
+    capabilities = frozenset({Capability.EXPLAIN})
+    explain_method = "popularity"
+    light_scoring = True
 
     def __init__(self) -> None:
         pass
 
-    def _fit(self, data: SequenceData, valid=None) -> None:
-        self.order_scores_ = self._order_scores(data)
+    def _fit(self, data: SequenceData, valid=None, metric=None) -> None:
+        self.popularity_scores()  # the whole model: computed once from the fit data
 
-    @staticmethod
-    def _order_scores(data: SequenceData) -> torch.Tensor:
-        n = data.n_items + 1
-        counts = data.item_counts().astype(np.float64)
-        # first appearance: earliest timestamp, or first position in the log without times
-        key = data.timestamps if data.timestamps is not None else np.arange(len(data.items), dtype=np.float64)
-        first_seen = np.full(n, np.inf)
-        np.minimum.at(first_seen, data.items, key)
-        first_seen[~np.isfinite(first_seen)] = -np.inf  # never seen: oldest
-        order = np.lexsort((np.arange(n), first_seen, counts))  # ascending: least popular first
-        scores = np.empty(n, dtype=np.float32)
-        scores[order] = np.arange(n, dtype=np.float32)
-        scores[0] = -np.inf
-        return torch.from_numpy(scores)
+    def _score(self, histories, users=None) -> torch.Tensor:
+        return self.popularity_scores().expand(len(histories), -1).clone()
 
-    def score(self, histories, users=None) -> torch.Tensor:
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
         self._check_fitted()
-        return self.order_scores_.expand(len(histories), -1).clone()
-
-    def _state_tensors(self):
-        return {"order_scores": self.order_scores_}
-
-    def _load_state_tensors(self, tensors):
-        self.order_scores_ = tensors["order_scores"]
+        return [[Explanation.empty(self.explain_method) for _ in row] for row in items]
 
 
 @register("itemknn")
@@ -99,12 +86,16 @@ class ItemKNN(Recommender):
     ``shrink`` damps similarities of items with few co-occurrences.
     """
 
+    capabilities = frozenset({Capability.EXPLAIN, Capability.SIMILAR_ITEMS})
+    explain_method = "item-item weights"
+    light_scoring = True
+
     def __init__(self, k_neighbors: int = 100, similarity: str = "cosine", shrink: float = 0.0) -> None:
         self.k_neighbors = k_neighbors
         self.similarity = similarity
         self.shrink = shrink
 
-    def _fit(self, data: SequenceData, valid=None) -> None:
+    def _fit(self, data: SequenceData, valid=None, metric=None) -> None:
         if self.similarity not in ("cosine", "pearson"):
             raise ValueError(f"similarity must be 'cosine' or 'pearson', got {self.similarity!r}")
         X = interaction_matrix(data)  # (U, I+1)
@@ -133,11 +124,25 @@ class ItemKNN(Recommender):
         )
         self.similarity_.eliminate_zeros()
 
-    def score(self, histories, users=None) -> torch.Tensor:
-        self._check_fitted()
+    def _score(self, histories, users=None) -> torch.Tensor:
         X = histories_matrix(histories, self.n_items_ + 1)
         # score_j = sum_{i in h} sim(i, j)
-        s = torch.from_numpy((X @ self.similarity_).toarray().astype(np.float32, copy=False))
+        return torch.from_numpy((X @ self.similarity_).toarray().astype(np.float32, copy=False))
+
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
+        # the score of j sums sim(h, j) over the distinct history items h: those are the shares
+        self._check_fitted()
+        out = []
+        for h, rec in zip(histories, items):
+            distinct = np.unique(np.asarray(h, dtype=np.int64))
+            C = np.asarray(self.similarity_[distinct][:, np.asarray(rec, dtype=np.int64)].todense(),
+                           dtype=np.float32)
+            out.append(item_item_explanations(self.explain_method, h, C, distinct))
+        return out
+
+    def similar_scores(self, items) -> torch.Tensor:
+        self._check_fitted()
+        s = torch.from_numpy(self.similarity_[np.asarray(items, dtype=np.int64)].toarray().astype(np.float32))
         s[:, 0] = float("-inf")
         return s
 
@@ -164,13 +169,19 @@ class EASE(Recommender):
     Closed form: ``P = (X^T X + lambda I)^-1``, ``B = -P / diag(P)`` with a zero
     diagonal. Solved in float32 with a Cholesky factorisation, which is
     accurate enough at the usual lambdas and about 2x faster than LU in float64.
+    A history scores item ``j`` by ``sum_h B[h, j]`` over its distinct items: those
+    terms are its explanation, and row ``B[i]`` is item ``i``'s similar items.
     """
+
+    capabilities = frozenset({Capability.EXPLAIN, Capability.SIMILAR_ITEMS})
+    explain_method = "item-item weights"
+    light_scoring = True
 
     def __init__(self, l2: float = 500.0, dtype: str = "float32") -> None:
         self.l2 = l2
         self.dtype = dtype
 
-    def _fit(self, data: SequenceData, valid=None) -> None:
+    def _fit(self, data: SequenceData, valid=None, metric=None) -> None:
         if self.l2 <= 0:
             raise ValueError(f"EASE needs l2 > 0, got {self.l2}")
         dt = {"float32": torch.float32, "float64": torch.float64}[self.dtype]
@@ -186,13 +197,32 @@ class EASE(Recommender):
         self.weights_ = torch.zeros(B.shape[0] + 1, B.shape[1])  # (I+1, I): history item -> scored item
         self.weights_[1:] = B
 
-    def score(self, histories, users=None) -> torch.Tensor:
-        self._check_fitted()
-        X = histories_matrix(histories, self.n_items_ + 1)
+    def _score(self, histories, users=None) -> torch.Tensor:
         s = torch.empty(len(histories), self.n_items_ + 1)
-        s[:, 1:] = torch.from_numpy(X @ self.weights_.numpy())
-        s[:, 0] = float("-inf")
+        if len(histories) == 1:
+            # one history (serving): sum its distinct items' rows in one kernel, no sparse matrix
+            u = torch.from_numpy(np.unique(histories[0]))[None]
+            s[:, 1:] = F.embedding_bag(u, self.weights_, mode="sum") if u.shape[1] else 0.0
+        else:
+            X = histories_matrix(histories, self.n_items_ + 1)
+            s[:, 1:] = torch.from_numpy(X @ self.weights_.numpy())
         return s
+
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
+        self._check_fitted()
+        out = []
+        for h, rec in zip(histories, items):
+            distinct = np.unique(np.asarray(h, dtype=np.int64))
+            cols = torch.from_numpy(np.asarray(rec, dtype=np.int64) - 1)
+            # just the (history item, recommended item) weights, H x k
+            C = self.weights_[torch.from_numpy(distinct)[:, None], cols[None, :]].numpy()
+            out.append(item_item_explanations(self.explain_method, h, C, distinct))
+        return out
+
+    def similar_scores(self, items) -> torch.Tensor:
+        self._check_fitted()
+        rows = self.weights_[torch.from_numpy(np.asarray(items, dtype=np.int64))]  # (B, I)
+        return F.pad(rows, (1, 0), value=float("-inf"))
 
     def _state_tensors(self):
         return {"weights": self.weights_}

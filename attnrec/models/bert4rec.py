@@ -18,7 +18,7 @@ Training (Cloze / masked item prediction, re-drawn every epoch):
   last item**, exactly the inference situation (the original paper's extra
   "mask the last item" samples), which closes the train/inference gap;
 * loss ``"ce"``: full softmax cross-entropy over the whole catalogue through the
-  fused chunked kernel (:func:`fused_linear_cross_entropy`: the
+  fused chunked kernel (:func:`attnrec.models.losses.cross_entropy`: the
   ``(N, n_items)`` logit matrix never exists in full); ``"sampled_softmax"``:
   softmax over the target and ``n_negatives`` shared uniform negatives
   (accidental hits masked).
@@ -38,21 +38,20 @@ product with the (tied) item embeddings plus a per-item output bias.
 
 from __future__ import annotations
 
-import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.models.attention import AttentionConfig, TransformerBlock
+from attnrec.models import losses
+from attnrec.models.attention import AttentionConfig, BlockStack, TransformerBlock, init_weights
 from attnrec.models.base import register
+from attnrec.models.batching import cloze_windows, length_grouped_batches, pad_right, window_ids
 from attnrec.models.neural import NeuralSequenceModel
-from attnrec.models.sasrec import fused_linear_cross_entropy
-
-log = logging.getLogger(__name__)
+from attnrec.training import ValidationMetric
 
 LOSSES = ("ce", "sampled_softmax")
 
@@ -74,24 +73,12 @@ class BERT4RecNet(nn.Module):
         self.pos_emb = nn.Embedding(max_len, d)  # position counted from the end
         self.emb_ln = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.emb_drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(n_layers))
+        self.blocks = BlockStack(TransformerBlock(cfg) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_ln else nn.Identity()
         # BERT's prediction head transform; output embeddings are tied to the input ones
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d, eps=cfg.layer_norm_eps))
         self.out_bias = nn.Parameter(torch.zeros(n_items + 1))
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
+        self.apply(init_weights)
 
     def output_weight(self) -> torch.Tensor:
         """``(n_items + 1, d + 1)`` output item embeddings, bias as last column (row 0 = padding)."""
@@ -111,11 +98,8 @@ class BERT4RecNet(nn.Module):
         pos = (lens - 1 - torch.arange(T, device=seq.device)[None, :]).clamp(min=0)  # (B, T)
         x = self.item_emb(seq) + self.pos_emb(pos)  # (B, T, d)
         x = self.emb_drop(self.emb_ln(x))
-        weights = []
-        for block in self.blocks:
-            # bidirectional: no causal mask, only padding keys are hidden
-            x, w = block(x, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
-            weights.append(w)
+        # bidirectional: no causal mask, only padding keys are hidden
+        x, weights = self.blocks(x, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
         x = self.ln_f(x)
         return (x, weights) if need_weights else x
 
@@ -123,25 +107,6 @@ class BERT4RecNet(nn.Module):
 # --------------------------------------------------------------------------
 # batching
 # --------------------------------------------------------------------------
-def cloze_windows(data: SequenceData, max_len: int, min_len: int = 2
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(starts, lengths)`` into ``data.items``.
-
-    Non-overlapping windows of at most ``max_len`` items cut from the end of
-    each sequence (every item in exactly one window); windows shorter than
-    ``min_len`` (no context to predict from) are dropped.
-    """
-    starts, lens = [], []
-    for u in range(data.n_users):
-        a, end = int(data.indptr[u]), int(data.indptr[u + 1])
-        while end - a >= min_len:
-            n = min(max_len, end - a)
-            starts.append(end - n)
-            lens.append(n)
-            end -= n
-    return np.asarray(starts, dtype=np.int64), np.asarray(lens, dtype=np.int64)
-
-
 def cloze_mask(lens: np.ndarray, T: int, mask_prob: float, last_mask_prob: float,
                rng: np.random.Generator) -> np.ndarray:
     """Bool ``(B, T)``: positions to mask in right-padded windows of lengths ``lens``.
@@ -185,15 +150,9 @@ def pad_right_with_mask(histories: Sequence[np.ndarray], max_len: int, mask_id: 
     Returns ``(seq (B, T), lengths (B,))``; history ``b`` fills positions
     ``0 .. lengths[b] - 1`` and its mask sits at position ``lengths[b]``.
     """
-    keep = max_len - 1
-    lens = np.array([min(len(h), keep) for h in histories], dtype=np.int64)
-    T = int(lens.max()) + 1 if len(lens) else 1
-    seq = np.zeros((len(histories), T), dtype=np.int64)
-    for i, h in enumerate(histories):
-        if lens[i]:
-            seq[i, : lens[i]] = np.asarray(h[-lens[i]:], dtype=np.int64)
-        seq[i, lens[i]] = mask_id
-    return torch.from_numpy(seq), torch.from_numpy(lens)
+    seq, lens = pad_right(histories, max_len - 1, extra=1)
+    seq[torch.arange(len(lens)), lens] = mask_id
+    return seq, lens
 
 
 # --------------------------------------------------------------------------
@@ -203,9 +162,9 @@ def pad_right_with_mask(histories: Sequence[np.ndarray], max_len: int, mask_id: 
 class BERT4Rec(NeuralSequenceModel):
     """BERT4Rec (masked item prediction with a bidirectional transformer).
 
-    Training options (``epochs``, ``lr``, ... ``max_seconds``) go to
-    :func:`attnrec.training.train`. With ``fit(data, valid)`` training stops
-    early on validation ``NDCG@10`` and keeps the best epoch (``best_epoch_``);
+    Training options (``epochs``, ``batch_size``, ``lr``, ...: the fields of
+    :attr:`TrainConfig`) are keyword arguments too. With ``fit(data, valid, metric)``
+    training stops early on the validation metric and keeps the best epoch (``best_epoch_``);
     :meth:`refit_params` gives the settings for the final refit on train+valid
     (used by :func:`attnrec.pipeline.fit_for_test`).
 
@@ -216,7 +175,17 @@ class BERT4Rec(NeuralSequenceModel):
     creeps up for many epochs and a constant rate leaves it noisy at the end.
     """
 
+    @dataclass
+    class TrainConfig(NeuralSequenceModel.TrainConfig):
+        """BERT4Rec's training defaults (the fields are its hyperparameters too)."""
+
+        batch_size: int = 64
+        lr: float = 2e-3
+        lr_decay_patience: int | None = 3
+
     #: hyperparameters that make ``fit`` take about a second on tiny data (conformance tests)
+    attention_causal = False  # every position attends both ways
+    attention_extra = 1  # the appended [MASK] is the position that scores the candidates
     smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=2, n_layers=1, max_len=16,
                                                   epochs=2, batch_size=256)
 
@@ -234,23 +203,8 @@ class BERT4Rec(NeuralSequenceModel):
         last_mask_crop: bool = False,
         loss: str = "ce",
         n_negatives: int = 256,
-        epochs: int = 200,
-        batch_size: int = 64,
-        lr: float = 2e-3,
-        weight_decay: float = 0.0,
-        patience: int = 10,
-        eval_every: int = 1,
-        seed: int = 0,
-        bf16: bool = False,
-        compile: bool = False,
-        num_threads: int | None = None,
-        checkpoint_dir: str | None = None,
-        resume: bool = False,
-        progress: bool = False,
-        max_seconds: float | None = None,
         ce_chunk: int = 256,
-        lr_decay_patience: int | None = 3,
-        lr_decay_epochs: tuple[int, ...] | list[int] = (),
+        **train_options: Any,
     ):
         self.d_model = d_model
         self.n_layers = n_layers
@@ -264,23 +218,8 @@ class BERT4Rec(NeuralSequenceModel):
         self.last_mask_crop = last_mask_crop
         self.loss = loss
         self.n_negatives = n_negatives
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.patience = patience
-        self.eval_every = eval_every
-        self.seed = seed
-        self.bf16 = bf16
-        self.compile = compile
-        self.num_threads = num_threads
-        self.checkpoint_dir = checkpoint_dir
-        self.resume = resume
-        self.progress = progress
-        self.max_seconds = max_seconds
         self.ce_chunk = ce_chunk
-        self.lr_decay_patience = lr_decay_patience
-        self.lr_decay_epochs = lr_decay_epochs
+        self._set_train_options(train_options)
 
     # ---- construction ----------------------------------------------------
     def _attention_config(self) -> AttentionConfig:
@@ -299,29 +238,19 @@ class BERT4Rec(NeuralSequenceModel):
         return BERT4RecNet(n_items, self.max_len, self._attention_config(), self.n_layers)
 
     # ---- fitting ---------------------------------------------------------
-    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+    def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         torch.manual_seed(self.seed)
         self.net_ = self._build(data.n_items)
         starts, lens = cloze_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training windows: every sequence has fewer than 2 items")
-        net, bs, mask_id = self.net_, self.batch_size, self.net_.mask_id
+        net, mask_id = self.net_, self.net_.mask_id
 
         def batches(epoch: int, rng: np.random.Generator):
-            # shuffle, then sort by length inside groups of 64 batches: little padding, random order
-            perm = rng.permutation(len(starts))
-            group = bs * 64
-            order = np.concatenate([
-                perm[g : g + group][np.argsort(lens[perm[g : g + group]], kind="stable")]
-                for g in range(0, len(perm), group)
-            ])
-            chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
-            for j in rng.permutation(len(chunks)):
-                s, n = starts[chunks[j]], lens[chunks[j]]
-                T = int(n.max())
-                real = np.arange(T)[None, :] < n[:, None]  # (B, T)
-                seq = np.where(real, data.items[np.where(real, s[:, None] + np.arange(T), 0)], 0)
-                m = cloze_mask(n, T, self.mask_prob, self.last_mask_prob, rng)  # (B, T)
+            for sel in length_grouped_batches(lens, self.batch_size, rng):
+                n = lens[sel]
+                seq, _ = window_ids(data.items, starts[sel], n)  # (B, T)
+                m = cloze_mask(n, seq.shape[1], self.mask_prob, self.last_mask_prob, rng)  # (B, T)
                 if self.last_mask_crop:
                     crop_last_only(seq, m, n, rng)
                 inp = np.where(m, mask_id, seq)
@@ -332,21 +261,14 @@ class BERT4Rec(NeuralSequenceModel):
             h = module(inp)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             return self._loss(net.project(h[m]), seq[m])  # (N, d + 1), (N,)
 
-        self._train(batches, loss_fn, valid)
+        self._train_net(batches, loss_fn, valid, metric)
 
     def _loss(self, z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Loss for output queries ``z`` (N, d + 1) and target ids ``tgt`` (N,)."""
         W = self.net_.output_weight()  # (V + 1, d + 1)
         if self.loss == "ce":
-            dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
-            return fused_linear_cross_entropy(z.float(), W, tgt, self.ce_chunk, dtype)
-        V, N = W.shape[0] - 1, z.shape[0]
-        neg_ids = torch.randint(1, V + 1, (self.n_negatives,))  # shared uniform negatives
-        pos = (z * W[tgt]).sum(-1, keepdim=True)  # (N, 1)
-        neg = z @ W[neg_ids].T  # (N, k)
-        neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))  # accidental hits
-        logits = torch.cat([pos, neg], dim=1).float()  # (N, 1 + k)
-        return F.cross_entropy(logits, torch.zeros(N, dtype=torch.long))
+            return losses.cross_entropy(z, W, tgt, self.ce_chunk)
+        return losses.sampled_softmax(z, tgt, lambda ids: W[ids], W.shape[0] - 1, self.n_negatives)
 
     # ---- inference -------------------------------------------------------
     @torch.no_grad()
@@ -376,18 +298,8 @@ class BERT4Rec(NeuralSequenceModel):
         return [w.float() for w in weights], lens
 
     def explain_weights(self, history: np.ndarray, item: int | None = None) -> np.ndarray:
-        """Attention rollout from the ``[MASK]`` position onto the visible history items.
+        """Attention rollout from the ``[MASK]`` position onto the visible history items (sum 1).
 
-        Weights (summing to 1) over the last ``len`` history items the model sees;
-        the same for every candidate ``item`` (used by :func:`attnrec.explain.explain`).
+        The same for every candidate ``item``; :meth:`explain_items` makes it per item.
         """
-        weights, lens = self.attention_weights([np.asarray(history, dtype=np.int64)])
-        n = int(lens[0])
-        if n == 0:
-            return np.zeros(0)
-        R = torch.eye(n + 1)
-        for W in weights:
-            A = 0.5 * W[0, :, : n + 1, : n + 1].mean(0) + 0.5 * torch.eye(n + 1)  # (n+1, n+1)
-            R = (A / A.sum(-1, keepdim=True)) @ R
-        row = R[n, :n]  # mask row, history keys only
-        return (row / row.sum()).double().numpy()
+        return self.attention_maps([np.asarray(history, dtype=np.int64)]).query_weights(0, "rollout")

@@ -5,7 +5,7 @@
       e_i = m_i * g(n_i) * id_i + content(i)
 
   ``content(i)`` is a small tower over the item's text embedding (sentence
-  encoder, :mod:`attnrec.content`), categorical tokens (embedding bags),
+  encoder, :mod:`attnrec.data.text`), categorical tokens (embedding bags),
   standardised numbers and precomputed vectors; ``n_i`` its training count,
   ``g`` a learned sigmoid gate of ``log(1 + n_i)`` and ``m_i = [n_i >= min_count]``.
   During training the id part of a random ``item_dropout`` fraction of items is
@@ -28,6 +28,7 @@ of a trained model without retraining (what the service calls).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from typing import Any, ClassVar, Mapping, Sequence
@@ -42,7 +43,10 @@ import torch.nn.functional as F
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.data.features import FeatureSchema, FeatureTable, load_features
 from attnrec.models.base import Recommender, register
-from attnrec.models.sasrec import SASRec, SASRecNet
+from attnrec.models.capabilities import Capability, Explanation
+from attnrec.models.sasrec import SASRec
+from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,7 @@ class _ContentMixin:
         return self
 
     def _encoder(self):
-        from attnrec.content import TextEncoder
+        from attnrec.data.text import TextEncoder
 
         return TextEncoder(self.text_model, cache_dir=self.text_cache, progress=False)
 
@@ -176,8 +180,6 @@ class _ContentMixin:
         """Copy the id map before adding items: it is shared with the caller's data and splits."""
         if getattr(self, "_owns_item_map", False):
             return
-        import dataclasses
-
         from attnrec.data.dataset import IdMap
 
         self.item_map_ = IdMap(self.item_map_.raw_ids, offset=self.item_map_.offset)
@@ -198,10 +200,9 @@ class _ContentMixin:
 class ContentSASRecNet(SASRecNet):
     """SASRec network whose item table mixes gated id embeddings with a content tower."""
 
-    def __init__(self, n_items: int, max_len: int, cfg, n_layers: int, spec: dict,
-                 min_count: int, item_dropout: float, **kw):
-        super().__init__(n_items, max_len, cfg, n_layers, **kw)
-        d = cfg.d_model
+    def __init__(self, cfg: SASRecConfig, spec: dict, min_count: int, item_dropout: float):
+        super().__init__(cfg)
+        d = cfg.attention.d_model
         self.content = ContentTower(d, spec)
         self.gate_a = nn.Parameter(torch.tensor(1.0))
         self.gate_b = nn.Parameter(torch.tensor(0.0))
@@ -219,7 +220,7 @@ class ContentSASRecNet(SASRecNet):
         self.item_emb = nn.Embedding(n_rows, w.shape[1], padding_idx=0)
         self.item_emb.weight.data = torch.cat([w, torch.zeros(extra, w.shape[1])])
         self.counts = torch.cat([self.counts, torch.zeros(extra)])
-        self.n_items = n_rows - 1
+        self.cfg.n_items = n_rows - 1
 
     def item_table(self) -> torch.Tensor:
         """``(n_items + 1, d)`` item embeddings (row 0 = padding = 0)."""
@@ -236,8 +237,8 @@ class ContentSASRecNet(SASRecNet):
         # the same sampled item table as the inputs of this training step
         return self._table if (self.training and self._table is not None) else self.item_table()
 
-    def item_vectors(self, seq: torch.Tensor) -> torch.Tensor:
-        table = self.item_table()
+    def embed(self, seq: torch.Tensor) -> torch.Tensor:
+        table = self.item_table()  # (V + 1, d), item dropout re-drawn per training step
         self._table = table if self.training else None
         return table[seq]  # (B, T, d)
 
@@ -256,6 +257,7 @@ class ContentSASRec(_ContentMixin, SASRec):
     over items with training interactions).
     """
 
+    capabilities = SASRec.capabilities | {Capability.ADD_ITEMS}
     smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=1, n_layers=1, max_len=16,
                                                   epochs=2)
 
@@ -277,17 +279,15 @@ class ContentSASRec(_ContentMixin, SASRec):
     def _build(self, n_items: int) -> ContentSASRecNet:
         if self.loss != "ce":
             raise ValueError("sasrec-content supports loss='ce' only")
-        net = ContentSASRecNet(n_items, self.max_len, self._attention_config(), self.n_layers,
-                               dict(self.content_spec_), self.min_count, self.item_dropout,
-                               shared_embeddings=True, mixer=self.mixer, alpha=self.alpha,
-                               align=self.align, emb_ln=self.emb_ln, scale_emb=self.scale_emb)
+        cfg = dataclasses.replace(self._net_config(n_items), shared_embeddings=True, sparse_grad=False)
+        net = ContentSASRecNet(cfg, dict(self.content_spec_), self.min_count, self.item_dropout)
         if getattr(self, "_fit_inputs", None) is not None:
             table, text, counts = self._fit_inputs
             net.content.set_rows(text, table)
             net.counts = torch.as_tensor(counts, dtype=torch.float32)
         return net
 
-    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+    def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         self._owns_item_map = False
         table, new_rows = self._load_catalogue(data)
         text = self._text_matrix(table) if self.use_features is None or \
@@ -296,7 +296,7 @@ class ContentSASRec(_ContentMixin, SASRec):
         self.content_spec_ = content_spec(table, text.shape[1], self.use_features)
         self._fit_inputs = (table, text, data.item_counts().astype(np.float32))
         try:
-            super()._fit(data, valid)
+            super()._fit(data, valid, metric)
         finally:
             self._fit_inputs = None
         if new_rows is not None and new_rows.num_rows:
@@ -385,7 +385,12 @@ class TextSimilarity(_ContentMixin, Recommender):
 
     The last ``last_n`` history items are averaged with weights ``decay ** age``
     (most recent = 1). Needs no interactions at all, so it ranks cold items.
+    The score is a sum of one term per history position, which is its explanation.
     """
+
+    capabilities = frozenset({Capability.EXPLAIN, Capability.ADD_ITEMS, Capability.SIMILAR_ITEMS})
+    explain_method = "text similarity"
+    light_scoring = True
 
     def __init__(self, item_features: str | None = None, feature_kinds: dict | None = None,
                  text_columns: list | None = None, text_model: str = "all-MiniLM-L6-v2",
@@ -398,7 +403,7 @@ class TextSimilarity(_ContentMixin, Recommender):
         self.last_n = last_n
         self.decay = decay
 
-    def _fit(self, data: SequenceData, valid: Any = None) -> None:
+    def _fit(self, data: SequenceData, valid: Any = None, metric: Any = None) -> None:
         self._owns_item_map = False
         table, new_rows = self._load_catalogue(data)
         self.features_ = table
@@ -419,20 +424,44 @@ class TextSimilarity(_ContentMixin, Recommender):
             self._grow_common(n_rows - 1)
         return written
 
+    def _recent(self, history: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Positions of the last ``last_n`` items and their weights ``decay ** age``."""
+        positions = np.arange(max(0, len(history) - self.last_n), len(history))
+        w = torch.tensor(self.decay ** np.arange(len(positions))[::-1].copy(), dtype=torch.float32)
+        return positions, w
+
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         E = self.item_text_  # (V + 1, D), rows L2-normalised (or zero)
-        B = len(histories)
-        q = torch.zeros(B, E.shape[1])
+        q = torch.zeros(len(histories), E.shape[1])
         for b, h in enumerate(histories):
-            h = np.asarray(h, dtype=np.int64)[-self.last_n:]
-            if len(h):
-                w = torch.tensor(self.decay ** np.arange(len(h))[::-1].copy(), dtype=torch.float32)
-                q[b] = (w[:, None] * E[torch.from_numpy(h)]).sum(0)
+            positions, w = self._recent(h)
+            if len(positions):
+                q[b] = (w[:, None] * E[torch.from_numpy(h[positions])]).sum(0)
         s = q @ E.T  # (B, V + 1)
-        # tiny popularity prior only breaks exact ties (e.g. empty histories)
-        s = s + 1e-6 * torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, np.float32)))
+        # tiny popularity prior only breaks exact ties
+        return s + 1e-6 * torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, np.float32)))
+
+    @torch.no_grad()
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
+        self._check_fitted()
+        E = self.item_text_
+        out = []
+        for h, rec in zip(histories, items):
+            h = np.asarray(h, dtype=np.int64)
+            positions, w = self._recent(h)
+            rec_t = torch.from_numpy(np.asarray(rec, dtype=np.int64))
+            C = (w[:, None] * (E[torch.from_numpy(h[positions])] @ E[rec_t].T)).double().numpy()  # (n, k)
+            total = np.abs(C).sum(axis=0)
+            C = C / np.where(total > 0, total, 1.0)
+            out.append([Explanation.over(self.explain_method, h, positions, C[:, j]) for j in range(len(rec))])
+        return out
+
+    @torch.no_grad()
+    def similar_scores(self, items) -> torch.Tensor:
+        self._check_fitted()
+        E = self.item_text_
+        s = E[torch.from_numpy(np.asarray(items, dtype=np.int64))] @ E.T
         s[:, 0] = float("-inf")
         return s
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -38,8 +39,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.models.base import Recommender, exclusion_mask, get_model_class, register, top_k
-from attnrec.training import TrainConfig, train
+from attnrec.models.base import Recommender, get_model_class, register
+from attnrec.models.capabilities import Capability, Explanation
+from attnrec.models.neural import TrainedModel
+from attnrec.ranking import exclusion_mask, top_k
+from attnrec.training import ValidationMetric
 
 log = logging.getLogger(__name__)
 
@@ -153,32 +157,40 @@ def _z(x: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
 
 
 @register("two-stage")
-class TwoStage(Recommender):
+class TwoStage(TrainedModel):
     """First-stage retrieval (any attnrec model) + DIN target-attention reranking of its top-N.
 
     ``first_stage`` / ``first_stage_params``: the retrieval model by registry name.
     Ranker: ``d_model``, ``max_len``, ``att_hidden``, ``mlp_hidden``, ``dropout``;
     training: ``train_positions`` (last positions per user used as examples),
-    ``train_negatives`` (first-stage candidates sampled per example), ``epochs``,
-    ``batch_size``, ``lr``, ``patience``. ``blend``: weight of the standardised
+    ``train_negatives`` (first-stage candidates sampled per example) and the
+    training options (``epochs``, ``batch_size``, ``lr``, ``patience``, ...: the
+    fields of :attr:`TrainConfig`). ``blend``: weight of the standardised
     first-stage score (None = choose on validation, 1.0 without it).
     ``item_features`` / ``user_features``: optional side information files.
     """
 
     sequential = True
+    capabilities = TrainedModel.capabilities | {Capability.EXPLAIN}
+    explain_method = "target attention"
     smoke_params: ClassVar[dict[str, Any]] = dict(n_candidates=20, d_model=16, max_len=8, epochs=1,
                                                   train_positions=2, mlp_hidden=[16])
+
+    @dataclass
+    class TrainConfig(TrainedModel.TrainConfig):
+        """The ranker's training defaults (the fields are hyperparameters too)."""
+
+        epochs: int = 20
+        batch_size: int = 256
+        patience: int | None = 3
 
     def __init__(self, first_stage: str = "ease", first_stage_params: dict | None = None,
                  n_candidates: int = 100, d_model: int = 64, max_len: int = 50,
                  att_hidden: int = 16, mlp_hidden: list | None = None, dropout: float = 0.2,
-                 train_positions: int = 20, train_negatives: int = 30, epochs: int = 20,
-                 batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
-                 patience: int | None = 3, blend: float | None = None,
+                 train_positions: int = 20, train_negatives: int = 30, blend: float | None = None,
                  item_features: str | None = None, user_features: str | None = None,
                  feature_kinds: dict | None = None, user_feature_kinds: dict | None = None,
-                 exclude_history: bool = True, seed: int = 0, num_threads: int | None = None,
-                 progress: bool = False):
+                 exclude_history: bool = True, **train_options: Any):
         self.first_stage = first_stage
         self.first_stage_params = first_stage_params
         self.n_candidates = n_candidates
@@ -189,20 +201,13 @@ class TwoStage(Recommender):
         self.dropout = dropout
         self.train_positions = train_positions
         self.train_negatives = train_negatives
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.patience = patience
         self.blend = blend
         self.item_features = item_features
         self.user_features = user_features
         self.feature_kinds = feature_kinds
         self.user_feature_kinds = user_feature_kinds
         self.exclude_history = exclude_history
-        self.seed = seed
-        self.num_threads = num_threads
-        self.progress = progress
+        self._set_train_options(train_options)
 
     # ---- pieces ----------------------------------------------------------
     def _new_first(self) -> Recommender:
@@ -229,13 +234,11 @@ class TwoStage(Recommender):
             self._user_table = t
 
     def refit_params(self) -> dict[str, Any]:
-        """For the refit on train+valid: first stage's refit settings, ranker epochs, chosen blend."""
-        self._check_fitted()
+        """For the refit on train+valid: the ranker's, the first stage's refit settings, the chosen blend."""
         fs = dict(self.first_stage_params or {})
-        if callable(getattr(self.first_, "refit_params", None)):
+        if self.first_.supports(Capability.REFIT):
             fs.update(self.first_.refit_params())
-        return {"first_stage_params": fs, "epochs": max(1, int(self.best_epoch_)),
-                "patience": None, "blend": self.blend_}
+        return {**super().refit_params(), "first_stage_params": fs, "blend": self.blend_}
 
     def candidates(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -248,13 +251,16 @@ class TwoStage(Recommender):
         return s, idx, vals
 
     # ---- fitting ---------------------------------------------------------
-    def _fit(self, data: SequenceData, valid: EvalSet | None) -> None:
+    def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         torch.manual_seed(self.seed)
         if self.num_threads:
             torch.set_num_threads(int(self.num_threads))
         first = self._new_first()
-        has_refit = callable(getattr(first, "refit_params", None))
-        first.fit(data, valid if (has_refit and valid is not None and len(valid)) else None)
+        has_refit = first.supports(Capability.REFIT)
+        if has_refit and valid is not None and len(valid):
+            first.fit(data, valid, metric)
+        else:
+            first.fit(data)
         self.first_ = first
         self._side_information(data)
         self.net_ = self._new_net()
@@ -296,38 +302,32 @@ class TwoStage(Recommender):
                 yield (pad_left([hist_all[i] for i in sel], self.max_len),
                        targets[sel], cand_t[sel][:, cols], users_t[sel])
 
-        def loss_fn(batch) -> torch.Tensor:
+        def loss_fn(module, batch) -> torch.Tensor:
             hist, tgt, neg, users = batch
             ids = torch.cat([tgt[:, None], neg], dim=1)  # positive in column 0
-            logits, _ = net(hist, ids, users if self.user_spec_ else None)
+            logits, _ = module(hist, ids, users if self.user_spec_ else None)
             bad = (ids == 0) | ((ids == tgt[:, None]) & (torch.arange(ids.shape[1]) > 0))
             return F.cross_entropy(logits.masked_fill(bad, float("-inf")),
                                    torch.zeros(len(tgt), dtype=torch.long))
 
         evaluate_fn, vcache = None, None
-        if valid is not None and len(valid):
+        if self._validates(valid, metric):
             vcache = self._candidate_cache(valid)
 
             def evaluate_fn() -> float:
-                return self._cached_ndcg(vcache, 0.0)
+                return self._cached_metric(vcache, 0.0, metric)
 
-        cfg = TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
-                          patience=self.patience if evaluate_fn else None, seed=self.seed,
-                          progress=self.progress, desc="din", grad_clip=5.0)
-        res = train(net, batches, loss_fn, cfg, evaluate_fn)
-        self.history_ = res.history
-        self.best_epoch_ = res.best_epoch if evaluate_fn else res.epochs_run
+        self._train(net, batches, loss_fn, evaluate_fn, metric)
         self.ranker_train_recall_ = recall
-        net.eval()
         if self.blend is not None:
             self.blend_ = float(self.blend)
         elif vcache is not None:
             # the ranker's logits do not depend on the blend: compute them once
             vcache["ranker"] = self.ranker_scores(vcache["hist"], vcache["idx"], vcache["users"])
-            scores = {b: self._cached_ndcg(vcache, b) for b in BLEND_GRID}
+            scores = {b: self._cached_metric(vcache, b, metric) for b in BLEND_GRID}
             self.blend_ = max(scores, key=lambda b: (scores[b], -b if math.isfinite(b) else -1e9))
             self.blend_scores_ = scores
-            log.info("blend on validation (NDCG@10): %s -> %s",
+            log.info("blend on validation (%s): %s -> %s", metric.name,
                      {str(b): round(v, 4) for b, v in scores.items()}, self.blend_)
         else:
             self.blend_ = 1.0
@@ -344,15 +344,14 @@ class TwoStage(Recommender):
         return out
 
     @torch.no_grad()
-    def _cached_ndcg(self, c: dict, blend: float) -> float:
-        from attnrec.evaluation import metrics_from_ranks  # (evaluation imports the models)
-
+    def _cached_metric(self, c: dict, blend: float, metric: ValidationMetric) -> float:
+        """``metric`` of the reranked validation candidates (no first-stage rescoring)."""
         order = self._rerank(c["hist"], c["users"], c["idx"], c["vals"], blend, c.get("ranker"))
         ranks = []
         for b, t in enumerate(c["targets"]):
             pos = {int(i): r + 1 for r, i in enumerate(order[b].tolist()) if i}
             ranks.append(np.array([pos.get(int(x), np.inf) for x in t], dtype=float))
-        return float(metrics_from_ranks(ranks, (10,))["NDCG@10"].mean())
+        return float(metric.of_ranks(ranks))
 
     # ---- inference -------------------------------------------------------
     @torch.no_grad()
@@ -388,9 +387,7 @@ class TwoStage(Recommender):
         return idx.gather(1, o)
 
     @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
         s, idx, vals = self.candidates(histories, users)
         r = self._blended(histories, users, idx, vals, self.blend_)  # (B, N)
         out = s.clone()
@@ -407,16 +404,38 @@ class TwoStage(Recommender):
         return out
 
     @torch.no_grad()
-    def explain(self, history: np.ndarray, item: int, user: int | None = None) -> dict:
-        """Why ``item`` for ``history``: the ranker's attention over the last ``max_len`` items."""
-        self._check_fitted()
+    def _target_attention(self, history: np.ndarray, items: Sequence[int], user: int | None
+                          ) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """The ranker on ``items``: visible history, logits ``(N,)``, attention ``(N, L)``."""
         h = np.asarray(history, dtype=np.int64)[-self.max_len:]
         u = torch.tensor([user]) if (user is not None and self.user_spec_) else None
         if self.net_.training:
             self.net_.eval()
-        logit, w = self.net_(pad_left([h], self.max_len), torch.tensor([[int(item)]]), u)
-        weights = w[0, 0, -len(h):].numpy() if len(h) else np.zeros(0)
-        return {"item": int(item), "score": float(logit[0, 0]), "history": h.tolist(),
+        cand = torch.as_tensor(np.asarray(items, dtype=np.int64))[None]
+        logit, w = self.net_(pad_left([h], self.max_len), cand, u)
+        return h, logit[0], (w[0, :, -len(h):] if len(h) else w[0, :, :0])
+
+    def explain_items(self, histories, items, users=None) -> list[list[Explanation]]:
+        """Per recommended item: the ranker's target attention over the last ``max_len`` items."""
+        self._check_fitted()
+        out = []
+        for b, (history, rec) in enumerate(zip(histories, items)):
+            if len(rec) == 0:
+                out.append([])
+                continue
+            user = None if users is None else int(users[b])
+            h, _, w = self._target_attention(history, rec, user)
+            positions = np.arange(len(history) - len(h), len(history))
+            out.append([Explanation.over(self.explain_method, history, positions, w[j].double().numpy())
+                        for j in range(len(rec))])
+        return out
+
+    def explain(self, history: np.ndarray, item: int, user: int | None = None) -> dict:
+        """Why ``item`` for ``history``: the ranker's attention over the last ``max_len`` items."""
+        self._check_fitted()
+        h, logit, w = self._target_attention(history, [int(item)], user)
+        weights = w[0].numpy() if len(h) else np.zeros(0)
+        return {"item": int(item), "score": float(logit[0]), "history": h.tolist(),
                 "weights": weights.tolist(),
                 "top": [int(h[j]) for j in np.argsort(-weights, kind="stable")[:5]]}
 
@@ -427,13 +446,12 @@ class TwoStage(Recommender):
         return out
 
     def _extra_config(self) -> dict[str, Any]:
-        return {"first_extra": self.first_._extra_config(), "blend": self.blend_,
-                "best_epoch": self.best_epoch_, "item_spec": self.item_spec_,
-                "user_spec": self.user_spec_}
+        return {**super()._extra_config(), "first_extra": self.first_._extra_config(),
+                "blend": self.blend_, "item_spec": self.item_spec_, "user_spec": self.user_spec_}
 
     def _load_extra_config(self, extra: dict[str, Any]) -> None:
+        super()._load_extra_config(extra)
         self.blend_ = float(extra["blend"])
-        self.best_epoch_ = extra.get("best_epoch")
         self.item_spec_, self.user_spec_ = extra.get("item_spec"), extra.get("user_spec")
         first = self._new_first()
         for attr in ("n_items_", "item_map_", "user_map_", "train_data_", "item_counts_"):

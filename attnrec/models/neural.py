@@ -1,54 +1,72 @@
-"""What the neural sequence models (SASRec, BERT4Rec) share besides their network.
+"""What the models trained by :func:`attnrec.training.train` share besides their network.
 
-:class:`NeuralSequenceModel` holds the parts that are the same for every model
-trained by :func:`attnrec.training.train`: the training options turned into a
-:class:`~attnrec.training.TrainConfig`, the training run with early stopping on
-validation ``NDCG@10`` and its bookkeeping (``history_``, ``best_epoch_``, ...),
-the refit settings, full-catalogue scoring from ``encode(histories) @ W.T`` and
-the bundle state. A subclass supplies ``_build(n_items)`` (the network, stored in
-``net_``), ``encode`` and ``_fit``; its constructor lists its hyperparameters
-explicitly (scikit-learn style: ``get_params`` reads the signature).
+:class:`TrainedModel` holds the training side: the training options (the fields
+of the class's ``TrainConfig``, a :class:`attnrec.training.TrainConfig` subclass
+that only changes defaults, are keyword arguments of the constructor and
+hyperparameters in ``get_params``, so ``-p lr=...`` and bundles see them flat),
+the training run with early stopping on a validation metric handed to ``fit``
+and its bookkeeping (``history_``, ``best_epoch_``, ...), the refit settings
+and the bundle state of the run.
+
+:class:`NeuralSequenceModel` adds what SASRec and BERT4Rec share: full-catalogue
+scoring from ``encode(histories) @ W.T`` and the network's bundle state. A
+subclass supplies ``_build(n_items)`` (the network, stored in ``net_``),
+``encode`` and ``_fit``; its constructor lists its own hyperparameters
+explicitly and passes ``**train_options`` on to :meth:`TrainedModel._set_train_options`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Iterable, Sequence
+import dataclasses
+import inspect
+from typing import Any, Callable, ClassVar, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from attnrec.data.dataset import EvalSet
+from attnrec.jsonable import to_jsonable
+from attnrec.models import attribution
 from attnrec.models.base import Recommender
-from attnrec.training import TrainConfig, TrainResult, resolve_bf16, train
+from attnrec.models.capabilities import AttentionMaps, Capability, Explanation
+from attnrec.training import TrainConfig, TrainResult, ValidationMetric, train
 
 
-class NeuralSequenceModel(Recommender):
-    """Base class of the attention models trained by :func:`attnrec.training.train`."""
+class TrainedModel(Recommender):
+    """A model whose parameters are learnt by :func:`attnrec.training.train`."""
 
-    sequential = True
-    net_: torch.nn.Module
+    capabilities = frozenset({Capability.REFIT})
+    #: this model's training options and their defaults (a model changes defaults in a dataclass subclass)
+    TrainConfig: ClassVar[type[TrainConfig]] = TrainConfig
 
-    def _build(self, n_items: int) -> torch.nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # the constructor's signature (read by get_params, help() and bundles) lists the
+        # training options as keyword-only parameters after the model's own
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            own = [p for p in inspect.signature(init).parameters.values()
+                   if p.kind is not inspect.Parameter.VAR_KEYWORD]
+            names = {p.name for p in own}
+            options = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                         annotation=f.type)
+                       for f, default in _option_defaults(cls.TrainConfig) if f.name not in names]
+            init.__signature__ = inspect.Signature(own + options)
 
-    def encode(self, histories: Sequence[np.ndarray]) -> torch.Tensor:  # pragma: no cover - abstract
-        """Query vectors ``(B, d')`` whose dot products with ``net_.output_weight()`` are the scores."""
-        raise NotImplementedError
+    def _set_train_options(self, options: dict[str, Any]) -> None:
+        """Store each training option (the class default where not given); refuse unknown names."""
+        defaults = dict((f.name, d) for f, d in _option_defaults(self.TrainConfig))
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            valid = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+            raise TypeError(f"{type(self).__name__} has no hyperparameter {', '.join(map(repr, unknown))}; "
+                            f"valid: {sorted(valid)}")
+        for name, default in defaults.items():
+            setattr(self, name, options.get(name, default))
 
-    # ---- training --------------------------------------------------------
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self._epochs_value(), lr=self.lr, weight_decay=self.weight_decay, patience=self.patience,
-            eval_every=self.eval_every, metric="NDCG@10", seed=self.seed,
-            checkpoint_dir=self.checkpoint_dir, resume=self.resume, bf16=resolve_bf16(self.bf16),
-            compile=self.compile, num_threads=self.num_threads, progress=self.progress,
-            max_seconds=self.max_seconds, lr_decay_patience=self.lr_decay_patience,
-            lr_decay_epochs=tuple(self.lr_decay_epochs or ()), desc=self.model_name,
-            # models without a schedule hyperparameter train at a constant rate
-            lr_schedule=self.get_params().get("lr_schedule", "constant"),
-            lr_schedule_epochs=self.get_params().get("lr_schedule_epochs"),
-        )
+        """The training options as the ``TrainConfig`` that :func:`~attnrec.training.train` runs."""
+        return self.TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self.TrainConfig)})
 
     def refit_params(self) -> dict[str, Any]:
         """Parameters for the final refit on train+valid: the best epoch count, no early stopping.
@@ -61,66 +79,50 @@ class NeuralSequenceModel(Recommender):
         self._check_fitted()
         best = max(1, int(self.best_epoch_))
         decays = [e for e in (getattr(self, "lr_decays_", None) or []) if e < best]
-        out = {"epochs": best, "patience": None, "max_seconds": None,
-               "lr_decay_patience": None, "lr_decay_epochs": decays}
-        if "lr_schedule" in self.get_params():  # the refit follows the selection run's schedule
-            out["lr_schedule_epochs"] = self.lr_schedule_epochs or self._epochs_value()
-        return out
+        # a scheduled rate keeps the selection run's horizon: refit epoch e gets epoch e's rate
+        horizon = self.lr_schedule_epochs or int(self.train_config().epochs)
+        return {"epochs": best, "patience": None, "max_seconds": None,
+                "lr_decay_patience": None, "lr_decay_epochs": decays, "lr_schedule_epochs": horizon}
 
-    def _epochs_value(self) -> int:
-        """The epoch budget of this fit (a subclass may resolve an ``"auto"`` value from the data)."""
-        return int(self.epochs)
+    def training_summary(self) -> dict[str, Any]:
+        """The last fit's chosen epoch, its validation metric (None without validation) and curve."""
+        self._check_fitted()
+        return {"best_epoch": self.best_epoch_, "best_metric": self.best_metric_,
+                "history": list(self.history_ or [])}
 
-    def _train(self, batches: Callable[[int, np.random.Generator], Iterable[Any]],
-               loss_fn: Callable[..., torch.Tensor], valid: EvalSet | None) -> TrainResult:
-        """Train ``net_``; early stopping on validation NDCG@10 (full ranking) when ``valid`` is given."""
-        evaluate_fn = None
-        if valid is not None and len(valid):
-            from attnrec.evaluation import evaluate
+    def _validates(self, valid: EvalSet | None, metric: ValidationMetric | None) -> bool:
+        """Whether ``fit`` got validation cases (then it must have got the metric to maximise)."""
+        if valid is None or not len(valid):
+            return False
+        if metric is None:
+            raise ValueError(f"{type(self).__name__}.fit got valid= without metric=: pass the validation "
+                             "metric early stopping maximises, e.g. attnrec.evaluation.validation_metric()")
+        return True
 
-            def evaluate_fn() -> float:
-                return evaluate(self, valid, ks=(10,))["NDCG@10"]
-
+    def _train(self, net: torch.nn.Module, batches: Callable[[int, np.random.Generator], Iterable[Any]],
+               loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+               evaluate: Callable[[], float] | None, metric: ValidationMetric | None) -> TrainResult:
+        """Train ``net``; early stopping on ``evaluate()`` (named ``metric.name``) when it is given."""
         cfg = self.train_config()
-        if evaluate_fn is None:
+        if evaluate is None:
             cfg.patience = None
-        res = train(self.net_, batches, loss_fn, cfg, evaluate_fn)
+        res = train(net, batches, loss_fn, cfg, evaluate, metric=metric.name if metric else "metric",
+                    name=self.model_name)
         self.history_ = res.history
-        self.best_epoch_ = res.best_epoch if evaluate_fn is not None else res.epochs_run
-        self.best_metric_ = res.best_metric if evaluate_fn is not None else None
+        self.best_epoch_ = res.best_epoch if evaluate is not None else res.epochs_run
+        self.best_metric_ = res.best_metric if evaluate is not None else None
         self.epochs_run_ = res.epochs_run
         self.train_seconds_ = res.seconds
         self.lr_decays_ = list(res.lr_decays)
-        self.net_.eval()
+        net.eval()
         return res
 
-    # ---- inference -------------------------------------------------------
-    @torch.no_grad()
-    def score(self, histories: Sequence[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
-        self._check_fitted()
-        histories = [np.asarray(h, dtype=np.int64) for h in histories]
-        q = self.encode(histories)  # (B, d')
-        s = (q @ self.net_.output_weight().T).float()  # (B, V + 1)
-        empty = torch.tensor([len(x) == 0 for x in histories])
-        if empty.any():  # no history: fall back to popularity
-            s[empty] = torch.log1p(torch.from_numpy(np.asarray(self.item_counts_, dtype=np.float32)))
-        s[:, 0] = float("-inf")
-        return s
-
     # ---- persistence -----------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.net_ = self._build(self.n_items_)
-        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        self.net_.eval()
-
     def _extra_config(self) -> dict[str, Any]:
         return {
             "history": getattr(self, "history_", []),
             "best_epoch": getattr(self, "best_epoch_", None),
-            "best_metric": _finite_or_none(getattr(self, "best_metric_", None)),
+            "best_metric": to_jsonable(getattr(self, "best_metric_", None)),
             "epochs_run": getattr(self, "epochs_run_", None),
             "lr_decays": getattr(self, "lr_decays_", []),
         }
@@ -133,5 +135,96 @@ class NeuralSequenceModel(Recommender):
         self.lr_decays_ = extra.get("lr_decays", [])
 
 
-def _finite_or_none(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(float(x)) else float(x)
+class NeuralSequenceModel(TrainedModel):
+    """Base class of the attention models that score by ``encode(histories) @ net_.output_weight().T``."""
+
+    sequential = True
+    capabilities = TrainedModel.capabilities | {Capability.EXPLAIN, Capability.VECTORS,
+                                                Capability.ATTENTION, Capability.SIMILAR_ITEMS}
+    explain_method = "attention"
+    #: ATTENTION: whether a position attends only to itself and earlier positions
+    attention_causal: ClassVar[bool] = True
+    #: ATTENTION: positions the network appends after the history (BERT4Rec's [MASK])
+    attention_extra: ClassVar[int] = 0
+    net_: torch.nn.Module
+
+    def _build(self, n_items: int) -> torch.nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(self, histories: Sequence[np.ndarray]) -> torch.Tensor:  # pragma: no cover - abstract
+        """Query vectors ``(B, d')`` whose dot products with ``net_.output_weight()`` are the scores."""
+        raise NotImplementedError
+
+    def _train_net(self, batches: Callable[[int, np.random.Generator], Iterable[Any]],
+                   loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+                   valid: EvalSet | None, metric: ValidationMetric | None) -> TrainResult:
+        """Train ``net_``; early stopping on ``metric`` over ``valid`` when given."""
+        evaluate = (lambda: metric.evaluate(self, valid)) if self._validates(valid, metric) else None
+        return self._train(self.net_, batches, loss_fn, evaluate, metric)
+
+    # ---- inference -------------------------------------------------------
+    @torch.no_grad()
+    def _score(self, histories: list[np.ndarray], users: np.ndarray | None = None) -> torch.Tensor:
+        q = self.encode(histories)  # (B, d')
+        return (q @ self.net_.output_weight().T).float()  # (B, V + 1)
+
+    # ---- capabilities ----------------------------------------------------
+    @torch.no_grad()
+    def item_vectors(self) -> np.ndarray:
+        self._check_fitted()
+        return np.ascontiguousarray(self.net_.output_weight().detach().float().cpu().numpy())
+
+    @torch.no_grad()
+    def query_vectors(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        self._check_fitted()
+        q = self.encode([np.asarray(h, dtype=np.int64) for h in histories])
+        return np.ascontiguousarray(q.float().cpu().numpy())
+
+    def attention_maps(self, histories: Sequence[np.ndarray]) -> AttentionMaps:
+        weights, lens = self.attention_weights([np.asarray(h, dtype=np.int64) for h in histories])
+        return AttentionMaps(weights, lens, self.attention_causal, self.attention_extra)
+
+    @torch.no_grad()
+    def explain_items(self, histories: Sequence[np.ndarray], items: Sequence[Sequence[int]],
+                      users: np.ndarray | None = None) -> list[list[Explanation]]:
+        """Per recommended item: rollout share times that item's score gain from each history item.
+
+        See :func:`attnrec.models.attribution.rollout_gains`.
+        """
+        histories = [np.asarray(h, dtype=np.int64) for h in histories]
+        maps = self.attention_maps(histories)
+        return attribution.rollout_gains(self.explain_method, maps, histories, items,
+                                         lambda b, visible, rec: self._prefix_scores(visible, rec))
+
+    @torch.no_grad()
+    def _prefix_scores(self, visible: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """``(n, k)`` scores of ``items`` after each prefix of ``visible`` (one batched forward)."""
+        q = self.encode([visible[: i + 1] for i in range(len(visible))])  # (n, d')
+        return (q @ self.net_.output_weight()[torch.from_numpy(items)].T).double().numpy()
+
+    @torch.no_grad()
+    def similar_scores(self, items: Sequence[int]) -> torch.Tensor:
+        """Cosine similarity of the items' output vectors (the vectors every score is a dot product with)."""
+        self._check_fitted()
+        W = torch.nn.functional.normalize(self.net_.output_weight().float(), dim=1)
+        s = W[torch.as_tensor(np.asarray(items, dtype=np.int64))] @ W.T  # (B, V + 1)
+        s[:, 0] = float("-inf")
+        return s
+
+    # ---- persistence -----------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.net_ = self._build(self.n_items_)
+        self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        self.net_.eval()
+
+
+def _option_defaults(config: type[TrainConfig]) -> list[tuple[dataclasses.Field, Any]]:
+    """``(field, default)`` for every training option of ``config``."""
+    out = []
+    for f in dataclasses.fields(config):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        out.append((f, default))
+    return out

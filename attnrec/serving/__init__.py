@@ -33,8 +33,12 @@ def __getattr__(name: str) -> Any:
         from attnrec.serving.app import create_app
 
         return create_app
-    if name in ("Settings", "load_settings"):
-        from attnrec.serving import settings
+    if name == "Settings":
+        from attnrec.serving.settings import Settings
 
-        return getattr(settings, name)
+        return Settings
+    if name == "load_settings":
+        from attnrec.serving.settings import load_settings
+
+        return load_settings
     raise AttributeError(name)

@@ -9,20 +9,43 @@ import inspect
 import logging
 import time
 
+from urllib.parse import quote, unquote
+
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 import attnrec
+from attnrec.serving.deps import read_allowed
 from attnrec.serving.engine import BadRequest
 from attnrec.serving.metrics import Metrics
 from attnrec.serving.routers import admin, events, explorer, items, recommendations, users
 from attnrec.serving.service import RecService
 from attnrec.serving.settings import Settings
+from attnrec.serving.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 VERSION_HEADER = b"x-model-version"
+RETRY_AFTER_S = 1
+
+# reachable without a key even when a read key is set: probes, and the static shells of the
+# explorer page and the API docs (they hold no data; the page asks for the key)
+PUBLIC_PATHS = frozenset({"/health", "/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/openapi.json"})
+PUBLIC_PREFIXES = ("/static/", "/static-offline-docs/")
+
+
+def _segment_path(raw_path: bytes) -> str:
+    """The request path with ``%2F`` and ``%25`` kept encoded inside each segment.
+
+    Routing splits the *decoded* path on ``/``, so ``/users/tenant%2F42`` would be two
+    segments and no route would match. Ids are decoded again by ``schemas.PathId``.
+    """
+    segments = raw_path.decode("latin-1").split("/")
+    return "/".join(quote(unquote(seg, encoding="utf-8", errors="replace"), safe="!$&'()*+,;=:@-._~ ")
+                    .replace("%20", " ") if "%" in seg else seg for seg in segments)
 
 
 class ObservabilityMiddleware:
@@ -39,7 +62,37 @@ class ObservabilityMiddleware:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status_code = 500
-        limit = self.service.settings.max_body_bytes
+        settings = self.service.settings
+        limit = settings.max_body_bytes
+        raw = scope.get("raw_path")
+        if raw and b"%" in raw:
+            low = raw.split(b"?", 1)[0].lower()
+            if b"%2f" in low or b"%25" in low:
+                scope = {**scope, "path": _segment_path(raw.split(b"?", 1)[0])}
+        path = scope["path"]
+        if (settings.read_only_key is not None and scope["method"] != "OPTIONS"
+                and path not in PUBLIC_PATHS and not path.startswith(PUBLIC_PREFIXES)):
+            key = None
+            for name, value in scope.get("headers", ()):
+                if name == b"x-api-key":
+                    key = value.decode("latin-1")
+            if not read_allowed(settings, key):
+                return await self._respond(scope, send, t0, 401, {"detail": "missing or wrong X-API-Key"},
+                                           {"WWW-Authenticate": "APIKey"})
+
+        body_timeout = settings.body_timeout_s
+        deadline = None
+
+        async def timed_receive():
+            # the whole body within body_timeout_s: a trickle of bytes does not reset the clock
+            nonlocal deadline
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + body_timeout
+            try:
+                return await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.001))
+            except asyncio.TimeoutError:
+                raise _BodyTimeout from None
 
         app_receive = receive
         length = None
@@ -51,12 +104,15 @@ class ObservabilityMiddleware:
                     length = limit + 1
         if length is not None and length > limit:
             return await self._reject(scope, send, t0, limit)
-        if length is None and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
-            # no length (chunked): buffer up to the limit before the app sees it, because
-            # FastAPI turns any error raised while it reads the body into a 400
+        if length != 0 and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            # buffer the body (up to the limit, within the body timeout) before the app sees
+            # it, because FastAPI turns any error raised while it reads the body into a 400
             chunks, size, more = [], 0, True
             while more:
-                message = await receive()
+                try:
+                    message = await timed_receive()
+                except _BodyTimeout:
+                    return await self._body_timeout(scope, send, t0, body_timeout)
                 if message["type"] != "http.request":
                     break
                 chunks.append(message.get("body", b""))
@@ -94,16 +150,25 @@ class ObservabilityMiddleware:
             self._observe(scope, status_code, t0)
 
     async def _reject(self, scope, send, t0, limit):
+        await self._respond(scope, send, t0, 413, {"detail": f"request body larger than {limit} bytes"})
+
+    async def _body_timeout(self, scope, send, t0, seconds):
+        await self._respond(scope, send, t0, 408,
+                            {"detail": f"the request body did not arrive within {seconds:g} s"},
+                            {"Connection": "close"})
+
+    async def _respond(self, scope, send, t0, code: int, payload: dict, headers: dict | None = None):
         snap = self.service.current
-        body = JSONResponse({"detail": f"request body larger than {limit} bytes"},
-                            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                            headers={"x-model-version": snap.version} if snap else None)
+        headers = dict(headers or {})
+        if snap is not None:
+            headers["x-model-version"] = snap.version
+        body = JSONResponse(payload, status_code=code, headers=headers)
         await body({"type": "http"}, _empty_receive, send)
-        self._observe(scope, 413, t0)
+        self._observe(scope, code, t0)
 
     def _observe(self, scope, status_code: int, t0: float) -> None:
         route = scope.get("route")
-        path = getattr(route, "path", None) or "unmatched"  # templates, never raw ids
+        path = route.path if route is not None else "unmatched"  # templates, never raw ids
         key = (scope["method"], path, status_code)
         children = self._children.get(key)
         if children is None:  # labels() costs a lock and a lookup; the set of keys is small
@@ -112,6 +177,10 @@ class ObservabilityMiddleware:
             self._children[key] = children
         children[0].inc()
         children[1].observe(time.perf_counter() - t0)
+
+
+class _BodyTimeout(Exception):
+    """The client stopped sending its request body."""
 
 
 async def _wait_disconnect():
@@ -149,20 +218,24 @@ def create_app(settings: Settings) -> FastAPI:
             log.warning("development mode: write and delete endpoints accept requests without a key")
         if settings.watch_model:
             service._watch_task = asyncio.create_task(service.watch())
+        service._sync_task = asyncio.create_task(service.sync_loop())
         try:
             yield
         finally:
-            if service._watch_task is not None:
-                service._watch_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await service._watch_task
+            for task in (service._watch_task, service._sync_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             service.close()
 
-    app = FastAPI(
+    app = _fastapi(
         title="attnrec",
         version=attnrec.__version__,
         description="Real-time recommendations with live events and attention explanations. "
-        "Ids are raw strings; write endpoints need the X-API-Key header.",
+        "Ids are raw strings, percent-encoded in paths ('/' as %2F). Write endpoints need the "
+        "write key in the X-API-Key header; when a read key is configured every route but "
+        "/health and /ready needs a key (the read key or the write key).",
         lifespan=lifespan,
         **_telemetry_kwargs(settings.opentelemetry),
     )
@@ -171,6 +244,13 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(BadRequest)
     async def _bad_request(_request: Request, exc: BadRequest):
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(StoreUnavailable)
+    async def _unavailable(_request: Request, exc: StoreUnavailable):
+        service.metrics.db_errors.inc()
+        return JSONResponse({"detail": str(exc), "retry_after_s": RETRY_AFTER_S},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError):
@@ -186,4 +266,19 @@ def create_app(settings: Settings) -> FastAPI:
     for r in (events.router, recommendations.router, items.router, users.router, admin.router, explorer.router):
         app.include_router(r)
     app.add_middleware(ObservabilityMiddleware, service=service)
+    # outermost: preflights are answered before the key check; no origin is allowed by default
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                       allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE"],
+                       allow_headers=["X-API-Key", "Content-Type"], expose_headers=["X-Model-Version"],
+                       max_age=600)
     return app
+
+
+def _fastapi(**kwargs) -> FastAPI:
+    """FastAPI whose /docs and /redoc load their assets from the package, never a CDN."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:  # pragma: no cover - fastapi-offline is in the serve extra
+        log.warning("fastapi-offline is not installed: /docs and /redoc need a CDN")
+        return FastAPI(**kwargs)
+    return FastAPIOffline(**kwargs)

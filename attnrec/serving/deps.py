@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Annotated, get_origin
 
 from fastapi import Depends, HTTPException, Request, Security, status
@@ -11,10 +12,15 @@ from pydantic import BaseModel, ValidationError
 from fastapi.security import APIKeyHeader
 
 from attnrec.serving.engine import ModelSnapshot
+from attnrec.serving.schemas import Unavailable
 from attnrec.serving.service import RecService
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
-                              description="Required by write and delete endpoints")
+                              description="The write key (write and delete endpoints, and reads), or "
+                              "the read key (reads, when one is configured)")
+
+# the database did not answer in time: clients retry after Retry-After seconds
+UNAVAILABLE = {503: {"model": Unavailable, "description": "Database unavailable; retry later"}}
 
 
 async def get_service(request: Request) -> RecService:
@@ -39,9 +45,33 @@ async def require_write_key(request: Request, key: Annotated[str | None, Securit
             return
         # unreachable when started normally (create_app refuses), kept as a safety net
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "write endpoints are disabled: no API key configured")
-    if key is None or not hmac.compare_digest(key.encode(), expected.encode()):
+    if key is None or not _same(key, expected):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong X-API-Key",
                             headers={"WWW-Authenticate": "APIKey"})
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def has_write_key(request: Request) -> bool:
+    """Whether the request carries the write key (or the service runs in dev mode without one)."""
+    expected = request.app.state.service.settings.write_key
+    if expected is None:
+        return request.app.state.service.settings.dev
+    key = request.headers.get("x-api-key")
+    return key is not None and _same(key, expected)
+
+
+def read_allowed(settings, key: str | None) -> bool:
+    """Reads are open without a read key; with one they need it or the write key."""
+    read = settings.read_only_key
+    if read is None:
+        return True
+    if key is None:
+        return False
+    write = settings.write_key
+    return _same(key, read) or (write is not None and _same(key, write))
 
 
 WriteKey = Depends(require_write_key)
@@ -97,3 +127,11 @@ def query_openapi(model_cls: type[BaseModel]) -> dict:
             p["description"] = description
         params.append(p)
     return {"parameters": params}
+
+
+_PATHS = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s'\"/:]+){2,}/?")
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with absolute file-system paths replaced by their last component."""
+    return _PATHS.sub(lambda m: "…/" + m.group(0).rstrip("/").rsplit("/", 1)[-1], text)

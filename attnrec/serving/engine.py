@@ -7,36 +7,39 @@ one response and requests in flight finish on the model they started with.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import importlib
 import logging
 import threading
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from attnrec.models.base import Recommender, top_k
+from attnrec import ranking, retrieval
+from attnrec.data.catalogue import CatalogueEntry, read_catalogue
+from attnrec.jsonable import to_jsonable
+from attnrec.models.base import Capability, Recommender
 
 log = logging.getLogger(__name__)
 
-NEG_INF = float("-inf")
+
+# filter masks cached per snapshot (keys come from clients): at most this many bytes
+MASK_CACHE_BYTES = 16 * 2**20
+
+
+def remember_mask(cache: dict, key: tuple, mask: torch.Tensor) -> None:
+    """Keep ``mask`` in ``cache`` while the cache stays within :data:`MASK_CACHE_BYTES`."""
+    if (len(cache) + 1) * mask.numel() * mask.element_size() <= MASK_CACHE_BYTES:
+        cache[key] = mask
+
+
+def mask_cache_bytes(cache: dict) -> int:
+    return sum(m.numel() * m.element_size() for m in cache.values())
 
 
 class BadRequest(ValueError):
     """A request that is well-formed but cannot be served as asked (422)."""
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    name: str | None
-    category: str | None
-    description: str | None
 
 
 def bundle_version(path: Path, config: dict) -> str:
@@ -52,19 +55,6 @@ def bundle_version(path: Path, config: dict) -> str:
                 h.update(chunk)
     saved = str(config.get("saved_at", "unsaved")).replace(":", "").replace("-", "")
     return f"{config.get('model', 'model')}-{saved}-{h.hexdigest()[:12]}"
-
-
-def read_catalogue(path: Path) -> dict[str, CatalogueEntry]:
-    cat: dict[str, CatalogueEntry] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "item_id" not in reader.fieldnames:
-            raise ValueError(f"{path}: items.csv needs an item_id column")
-        for row in reader:
-            cat[row["item_id"]] = CatalogueEntry(
-                row.get("name") or None, row.get("category") or None, row.get("description") or None
-            )
-    return cat
 
 
 class MicroBatcher:
@@ -127,13 +117,8 @@ class ModelSnapshot:
         self.n_items = int(model.n_items_)
         self.item_map = model.item_map_
         self.user_map = model.user_map_
-        self.model_name = getattr(model, "model_name", type(model).__name__)
-        counts = np.asarray(model.item_counts_, dtype=np.float32)
-        self.item_counts = counts
-        # popularity fallback: training counts; rank() breaks ties towards the lower id
-        pop = torch.from_numpy(counts.copy())
-        pop[0] = NEG_INF
-        self.pop_scores = pop
+        self.model_name = model.model_name
+        self.item_counts = np.asarray(model.item_counts_, dtype=np.float32)
         self._raw_items = np.asarray(self.item_map.raw_ids, dtype=object)
         self._build_categories()
         self._setup_scorer()
@@ -180,6 +165,13 @@ class ModelSnapshot:
             self._item_category[d] = code
         self._item_category_t = torch.from_numpy(self._item_category)
 
+    def filter_cache_bytes(self) -> int:
+        return mask_cache_bytes(self._mask_cache)
+
+    def item_categories(self) -> np.ndarray:
+        """Category code of every dense item (-1: none), ``(n_items + 1,)``."""
+        return self._item_category
+
     def allowed_mask(self, categories: Sequence[str], exclude_categories: Sequence[str]) -> torch.Tensor | None:
         """Boolean ``(n_items + 1,)`` mask of recommendable items, or None for all."""
         if not categories and not exclude_categories:
@@ -202,49 +194,25 @@ class ModelSnapshot:
         if key[1]:
             mask &= ~torch.isin(cats, torch.tensor([self.category_codes[c] for c in key[1]]))
         mask[0] = False
-        if len(self._mask_cache) < 256:  # bounded: keys come from clients
-            self._mask_cache[key] = mask
+        remember_mask(self._mask_cache, key, mask)
         return mask
 
     # ---- scoring ---------------------------------------------------------
     def _setup_scorer(self) -> None:
-        """Pick a lean single-history scorer; falls back to ``model.score``."""
         m = self.model
-        self.explain_method = "none"
-        self._item_weights = None  # dense (I+1, I) EASE weights
-        self._item_sim = None  # sparse (I+1, I+1) kNN similarities
-        self.inline = True  # cheap enough to run on the event loop
+        # what the model declares decides how it is served (never its name)
+        self.inline = m.light_scoring  # cheap enough to run on the event loop
+        self.explain_method = m.explain_method if m.supports(Capability.EXPLAIN) else "none"
         self._batched_forward = MicroBatcher(self._forward_many)
-        self._batched_rollout = MicroBatcher(self._rollout_many)
-        name = self.model_name
-        if name == "ease" and isinstance(getattr(m, "weights_", None), torch.Tensor):
-            self._item_weights = m.weights_.float().contiguous()
-            self.explain_method = "item-item weights"
-        elif name == "itemknn" and getattr(m, "similarity_", None) is not None:
-            self._item_sim = m.similarity_.tocsr()
-            self.explain_method = "item-item weights"
-        elif name == "pop":
-            self.explain_method = "popularity"
-        else:
-            self.inline = False  # a network forward: keep it off the event loop
-            if hasattr(m, "attention_weights"):
-                self.explain_method = "attention"
-        self._explain_fn = None
-        if self.explain_method == "attention":
-            try:
-                self._explain_fn = importlib.import_module("attnrec.explain").explain
-            except (ImportError, AttributeError):
-                log.info("attnrec.explain not available; explaining with last-layer attention")
+        self._batched_explain = MicroBatcher(self._explain_many)
 
     def _setup_index(self, kind: str) -> None:
         """A FAISS index over the item vectors of vector models (None: score every item)."""
-        from attnrec import retrieval
-
         self.index = None
-        resolved = retrieval.choose_kind(self.n_items, kind)
-        if not retrieval.supports_vectors(self.model) or (kind == "auto" and resolved == "exact"):
+        resolved = retrieval.index_kind(self.model, kind)
+        if resolved is None:
             return
-        vectors = retrieval.item_vectors(self.model)
+        vectors = self.model.item_vectors()
         cached = self.path / f"index-{resolved}-{self.version}.faiss"  # the version names the weights
         if cached.exists():
             self.index = retrieval.ItemIndex.load(cached, vectors, resolved)
@@ -260,9 +228,7 @@ class ModelSnapshot:
                  exclude: np.ndarray | None = None, allowed: torch.Tensor | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k dense ids and scores from the FAISS index, exclusions applied (needs ``self.index``)."""
-        from attnrec.retrieval import user_vectors
-
-        q = user_vectors(self.model, [history])
+        q = self.model.query_vectors([history])
         parts = [np.asarray(x, dtype=np.int64) for x in (seen, exclude) if x is not None and len(x)]
         banned = np.concatenate(parts) if parts else None
         ids, sc = self.index.search(q, k, exclude=[banned],
@@ -272,145 +238,55 @@ class ModelSnapshot:
 
     def score(self, history: np.ndarray) -> torch.Tensor:
         """Fresh float32 scores ``(n_items + 1,)`` for one history; column 0 is -inf."""
-        n = self.n_items + 1
-        if self._item_weights is not None:
-            s = torch.empty(n)
-            if len(history):
-                # sum of the history items' rows in one kernel, without materialising them
-                u = torch.from_numpy(np.unique(history))[None]
-                s[1:] = F.embedding_bag(u, self._item_weights, mode="sum")[0]
-            else:
-                s[1:] = 0.0
-        elif self._item_sim is not None:
-            if len(history):
-                row = np.asarray(self._item_sim[np.unique(history)].sum(axis=0), dtype=np.float32).ravel()
-                s = torch.from_numpy(row)
-            else:
-                s = torch.zeros(n)
-        else:
-            s = self._batched_forward(np.asarray(history, dtype=np.int64))
-        s[0] = NEG_INF
-        return s
+        history = np.asarray(history, dtype=np.int64)
+        if self.inline:
+            return self.model.score([history])[0]
+        return self._batched_forward(history)  # a network forward: batched with concurrent requests
 
-    def _rollout_many(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        from attnrec.explain import _attention_rows
+    def popularity_scores(self) -> torch.Tensor:
+        """The model's popularity fallback (for users it cannot place); do not modify."""
+        return self.model.popularity_scores()
 
-        with torch.no_grad():
-            rows, offsets = _attention_rows(self.model, histories, "rollout")
-        return list(zip(rows, offsets))
+    def similar_scores(self, item: int) -> torch.Tensor:
+        """Similarity of every item to dense ``item`` (refused for models without ``SIMILAR_ITEMS``)."""
+        if not self.model.supports(Capability.SIMILAR_ITEMS):
+            raise BadRequest(f"the served model ({self.model_name}) has no item-item similarity; "
+                             "serve ease, itemknn, sasrec, bert4rec or text-sim for similar items")
+        return self.model.similar_scores([int(item)])[0]
 
     def _forward_many(self, histories: list[np.ndarray]) -> list[torch.Tensor]:
-        with torch.no_grad():
-            out = self.model.score(histories).float()
-        return [row.clone() for row in out]
+        return list(self.model.score(histories))
+
+    def _explain_many(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[list]:
+        return self.model.explain_items([h for h, _ in requests], [r for _, r in requests])
 
     def rank(self, scores: torch.Tensor, k: int, seen: np.ndarray | None = None,
              exclude: np.ndarray | None = None, allowed: torch.Tensor | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k dense ids and scores after exclusions (modifies ``scores``)."""
-        if seen is not None and len(seen):
-            scores[torch.from_numpy(seen)] = NEG_INF
-        if exclude is not None and len(exclude):
-            scores[torch.from_numpy(exclude)] = NEG_INF
-        if allowed is not None:
-            scores.masked_fill_(~allowed, NEG_INF)
-        k = min(k, scores.shape[0])
-        vals, idx = torch.topk(scores, k)
-        # topk's order among equal scores is unspecified: on any tie at or inside the
-        # boundary use the model contract's stable tie-break (lower id first)
-        if k and (int((scores >= vals[-1]).sum()) > k or bool((vals[:-1] == vals[1:]).any())):
-            i2, v2 = top_k(scores[None], k)
-            idx, vals = i2[0], v2[0]
-        ids, sc = idx.numpy(), vals.numpy()
-        keep = (ids > 0) & np.isfinite(sc)
-        return ids[keep], sc[keep]
+        """Top-k dense ids and scores after exclusions (:func:`attnrec.ranking.rank_row`)."""
+        return ranking.rank_row(scores, k, seen, exclude, allowed)
 
     # ---- explanations ----------------------------------------------------
     def explain(self, history: np.ndarray, recs: np.ndarray) -> tuple[str, list[list[tuple[int, int, float]]]]:
         """Per recommended item: ``(position in history, dense item, weight)``, strongest first."""
         if len(recs) == 0:
             return self.explain_method, []
-        if len(history) == 0 or self.explain_method in ("none", "popularity"):
+        if len(history) == 0 or self.explain_method == "none":
             return self.explain_method, [[] for _ in recs]
-        if self.explain_method == "item-item weights":
-            return self.explain_method, self._explain_item_item(history, recs)
-        return "attention", self._explain_attention(history, recs)
-
-    def _explain_item_item(self, history: np.ndarray, recs: np.ndarray) -> list[list[tuple[int, int, float]]]:
-        # contribution of history item h to the score of item j is W[h, j] (EASE) or
-        # sim(h, j) (kNN): exactly the terms the score sums, so the split is faithful
-        rev = history[::-1]
-        uniq, first_in_rev = np.unique(rev, return_index=True)
-        pos = len(history) - 1 - first_in_rev  # latest position of each distinct item
-        if self._item_weights is not None:
-            # gather just the (history item, recommended item) weights, H x k
-            C = self._item_weights[torch.from_numpy(uniq)[:, None], torch.from_numpy(recs - 1)[None, :]].numpy()
-        else:
-            C = np.asarray(self._item_sim[uniq][:, recs].todense(), dtype=np.float32)
-        return _top_contributions(C, uniq, pos, self.explain_top)
-
-    def _explain_attention(self, history: np.ndarray, recs: np.ndarray) -> list[list[tuple[int, int, float]]]:
-        if self._explain_fn is not None:
-            # weights depend on the candidate only for target-attention models
-            # (explain_weights); otherwise one pass serves every recommended item
-            per_item = hasattr(self.model, "explain_weights")
-            if not per_item:  # one rollout per history, batched with concurrent requests
-                w, off = self._batched_rollout(np.asarray(history, dtype=np.int64))
-                order = np.argsort(-w, kind="stable")[: self.explain_top]
-                row = [(off + int(p), int(history[off + p]), float(w[p])) for p in order]
-                return [row for _ in recs]
-            out, shared = [], None
-            for item in recs:
-                if per_item or shared is None:
-                    triples = self._explain_fn(self.model, history, int(item))
-                    triples = sorted(((int(p), int(i), float(w)) for p, i, w in triples),
-                                     key=lambda t: -t[2])[: self.explain_top]
-                    shared = triples
-                out.append(shared)
-            return out
-        # last layer, last query position, averaged over heads: what the state that
-        # scores every item attended to (the same for every recommended item)
-        with torch.no_grad():
-            weights, lens = self.model.attention_weights([np.asarray(history, dtype=np.int64)])
-        L = int(lens[0])
-        w = weights[-1][0].mean(0)[L - 1, :L].numpy()
-        offset = len(history) - L
-        w = w / max(float(np.abs(w).sum()), 1e-12)
-        order = np.argsort(-w, kind="stable")[: self.explain_top]
-        row = [(offset + int(p), int(history[offset + p]), float(w[p])) for p in order if w[p] > 0]
-        return [row for _ in recs]
+        request = (np.asarray(history, dtype=np.int64), np.asarray(recs, dtype=np.int64))
+        explained = self._explain_many([request])[0] if self.inline else self._batched_explain(request)
+        return self.explain_method, [e.strongest(self.explain_top) for e in explained]
 
     def info(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "model": self.model_name,
-            "path": str(self.path),
             "n_items": self.n_items,
             "n_users": len(self.user_map),
             "saved_at": self.config.get("saved_at"),
             "has_catalogue": self.catalogue is not None,
-            "metrics": _json_safe(getattr(self.model, "bundle_metrics_", {}) or {}),
+            "metrics": to_jsonable(self.model.bundle_metrics_ or {}),
         }
-
-
-def _top_contributions(C: np.ndarray, uniq: np.ndarray, pos: np.ndarray, top: int):
-    """Columns of ``C`` (history item x recommended item) -> strongest normalised shares."""
-    total = np.abs(C).sum(axis=0)
-    W = C / np.where(total > 0, total, 1.0)
-    order = np.argsort(-W, axis=0, kind="stable")[:top]  # (top, k)
-    w_top = W[order, np.arange(C.shape[1])]
-    P, I, V = pos[order].T.tolist(), uniq[order].T.tolist(), w_top.T.tolist()
-    return [[(p, i, w) for p, i, w in zip(P[j], I[j], V[j]) if w != 0] for j in range(C.shape[1])]
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def load_snapshot(path: str | Path, explain_top: int = 5, index: str = "auto") -> ModelSnapshot:

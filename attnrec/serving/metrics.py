@@ -39,6 +39,15 @@ class Metrics:
         )
         self.deleted_users = Counter("attnrec_users_deleted", "Users deleted", registry=r)
         self.cached_users = Gauge("attnrec_cached_users", "Users whose sequence is cached", registry=r)
+        self.cache_bytes = Gauge(
+            "attnrec_cache_bytes", "Estimated memory held by the per-user caches (bounded by "
+            "cache_max_bytes)", registry=r)
+        self.filter_cache_bytes = Gauge(
+            "attnrec_filter_cache_bytes", "Memory held by cached category-filter masks (bounded)",
+            registry=r)
+        self.db_errors = Counter(
+            "attnrec_database_unavailable", "Requests answered 503 because the database timed out",
+            registry=r)
         self._model_labels: tuple[str, str] | None = None
 
     def set_model(self, version: str, model: str, loaded_at: float) -> None:

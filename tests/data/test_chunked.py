@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from attnrec.data.chunked import load_sequences_chunked
-from attnrec.data.io import ColumnMap
+from attnrec.data.columns import ColumnMap
 from attnrec.data.preprocess import load_dataset
 
 

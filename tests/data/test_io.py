@@ -10,10 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from attnrec.benchmarking import shared_data
 from attnrec.data import (
     ColumnMap,
     DataError,
     build_sequences,
+    detect_format,
     load_dataset,
     read_interactions,
     read_log,
@@ -22,7 +24,7 @@ from attnrec.data import (
     read_sequences,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = shared_data()
 
 # user, item, timestamp, rating -- deliberately not in chronological order in the file
 ROWS = [
@@ -370,3 +372,28 @@ def test_ml100k_loads():
         assert np.all(np.diff(s) >= 0)
     items = read_recbole_table(SHARED / "ml-100k" / "ml-100k.item")
     assert items.num_rows == 1682 and "class" in items.column_names
+
+
+def test_one_dispatcher_for_interactions_and_features(tmp_path):
+    from attnrec.data.features import read_feature_table
+
+    seq = tmp_path / "s.txt"
+    seq.write_text("u1 a b c\n")
+    assert detect_format(seq) == "sequence"
+    with pytest.raises(DataError, match="sequence-per-line file has no columns"):
+        read_interactions(seq)
+    item = tmp_path / "x.item"
+    item.write_text("item_id:token\tname:token_seq\n1\tA b\n")
+    assert detect_format(item) == "recbole"
+    hidden = tmp_path / "x.csv"  # a RecBole header under another extension
+    hidden.write_text("item_id:token\tname:token_seq\n1\tA b\n")
+    assert detect_format(hidden) == "recbole"
+    assert read_feature_table(hidden).types == {"item_id": "token", "name": "token_seq"}
+    odd = tmp_path / "x.dat"
+    odd.write_text("item_id;name\n1;A\n")
+    with pytest.raises(DataError, match="--format"):
+        detect_format(odd)
+    assert detect_format(odd, default="csv") == "csv"  # what the feature reader asks for
+    assert read_feature_table(odd).table.to_pylist() == [{"item_id": "1", "name": "A"}]
+    with pytest.raises(DataError, match="feature files are CSV/TSV, Parquet or RecBole"):
+        read_feature_table(seq)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attnrec.benchmarking import shared_data
 from attnrec.data import (
     InteractionLog,
     LoadReport,
@@ -18,7 +19,7 @@ from attnrec.data import (
     load_dataset,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED = shared_data()
 
 
 def make_log(rows, rating=False, event=False, has_time=True) -> InteractionLog:

@@ -10,7 +10,8 @@ from attnrec.data.synthetic import generate
 from attnrec.evaluation import evaluate
 from attnrec.models.base import Recommender
 from attnrec.models.baselines import MostPopular
-from attnrec.models.bert4rec import BERT4Rec, cloze_mask, cloze_windows, pad_right_with_mask
+from attnrec.models.batching import cloze_windows
+from attnrec.models.bert4rec import BERT4Rec, cloze_mask, pad_right_with_mask
 from attnrec.pipeline import fit_for_test
 
 FAST = dict(d_model=32, n_heads=2, n_layers=2, max_len=20, dropout=0.1, batch_size=64, lr=3e-3, seed=0)

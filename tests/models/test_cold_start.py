@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from attnrec.content import TextEncoder
+from attnrec.data.text import TextEncoder
 from attnrec.models.base import Recommender
 from attnrec.models.content import ContentSASRec, TextSimilarity
 

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from attnrec.data.splits import leave_one_out
-from attnrec.models.base import Recommender, available_models, get_model_class
+from attnrec.models.base import (
+    Capability,
+    CapabilityError,
+    Explanation,
+    Recommender,
+    available_models,
+    get_model_class,
+    popularity_scores,
+)
+from attnrec.models.capabilities import CAPABILITY_METHODS
 
 MODELS = available_models()
 
@@ -29,8 +38,28 @@ def _quick(name):
 
 
 @pytest.fixture(scope="module")
-def fitted(split):
-    return {name: _quick(name).fit(split.train_full) for name in MODELS}
+def offline_text(tmp_path_factory):
+    """Content models encode text with a bag-of-words stand-in (no model download)."""
+    from attnrec.data.text import TextEncoder
+    from attnrec.models.content import _ContentMixin
+    from tests.models.test_cold_start import bow
+
+    cache = tmp_path_factory.mktemp("emb")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_ContentMixin, "_encoder",
+                   lambda self: TextEncoder("bow", cache_dir=cache, encode_fn=bow, progress=False))
+        yield
+
+
+@pytest.fixture(scope="module")
+def fitted(split, small_synthetic, offline_text):
+    models = {}
+    for name in MODELS:
+        model = _quick(name)
+        if model.supports(Capability.ADD_ITEMS):  # content models: describe the catalogue
+            model.set_item_features(small_synthetic.catalogue)
+        models[name] = model.fit(split.train_full)
+    return models
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -104,3 +133,105 @@ def test_load_rejects_non_bundle(tmp_path):
 def test_unknown_model_name_lists_known():
     with pytest.raises(ValueError, match="known models: .*ease"):
         get_model_class("nope")
+
+
+# ---- declared capabilities: each one works, every other one is refused clearly ------------------
+CAPABILITY_CASES = [(name, cap) for name in MODELS for cap in Capability]
+
+
+def _undeclared_calls(model, hist):
+    return {
+        Capability.EXPLAIN: lambda: model.explain_items(hist, [[1]] * len(hist)),
+        Capability.VECTORS: lambda: (model.item_vectors(), model.query_vectors(hist)),
+        Capability.ATTENTION: lambda: model.attention_maps(hist),
+        Capability.REFIT: lambda: (model.refit_params(), model.training_summary()),
+        Capability.ADD_ITEMS: lambda: model.add_items([{"item_id": "brand-new"}]),
+        Capability.SIMILAR_ITEMS: lambda: model.similar_scores([1]),
+    }
+
+
+@pytest.mark.parametrize("name,cap", CAPABILITY_CASES, ids=[f"{n}-{c.value}" for n, c in CAPABILITY_CASES])
+def test_declared_capability_works_and_undeclared_is_refused(name, cap, fitted, split, offline_text):
+    model = fitted[name]
+    hist = [split.test.history(i) for i in range(6)]
+    n_cols = split.train_full.n_items + 1
+    if not model.supports(cap):
+        for method in CAPABILITY_METHODS[cap]:
+            assert getattr(type(model), method) is getattr(Recommender, method), \
+                f"{name} implements {method} without declaring {cap.value}"
+        with pytest.raises(CapabilityError, match=f"model '{name}' does not declare the '{cap.value}' capability"):
+            _undeclared_calls(model, hist)[cap]()
+        return
+    if cap is Capability.EXPLAIN:
+        recs, _ = model.recommend(hist, k=5)
+        exps = model.explain_items(hist, [r.tolist() for r in recs])
+        assert len(exps) == len(hist)
+        nonzero = 0
+        for h, rec, row in zip(hist, recs, exps):
+            assert len(row) == len(rec)
+            for e in row:
+                assert isinstance(e, Explanation) and e.method == model.explain_method
+                assert ((e.positions >= 0) & (e.positions < len(h))).all()
+                np.testing.assert_array_equal(e.items, h[e.positions])
+                assert np.abs(e.weights).sum() <= 1 + 1e-6
+                nonzero += int((e.weights != 0).any())
+        if model.explain_method != "popularity":  # popularity rests on no history item
+            assert nonzero > 0
+    elif cap is Capability.VECTORS:
+        V, Q = model.item_vectors(), model.query_vectors(hist)
+        assert V.shape[0] == n_cols and Q.shape == (len(hist), V.shape[1])
+        torch.testing.assert_close(torch.from_numpy(Q @ V.T)[:, 1:], model.score(hist)[:, 1:],
+                                   rtol=1e-4, atol=1e-4)
+    elif cap is Capability.ATTENTION:
+        maps = model.attention_maps(hist)
+        assert len(maps.layers) >= 1 and maps.causal is type(model).attention_causal
+        upper = 0.0
+        for b, h in enumerate(hist):
+            n = int(maps.lengths[b])
+            assert 0 < n <= len(h) and maps.offset(b, len(h)) == len(h) - n
+            for heads in maps.history_maps(b):
+                assert heads.shape[-2:] == (n, n) and (heads.sum(-1) <= 1 + 1e-5).all()
+                upper += float(torch.triu(heads, diagonal=1).abs().sum())
+            R = maps.rollout(b)
+            assert torch.allclose(R.sum(-1), torch.ones(len(R)), atol=1e-5)
+            assert maps.query_weights(b).sum() == pytest.approx(1.0)
+        # the declared flag is what the maps show: causal maps have an empty upper triangle
+        assert (upper == 0.0) == maps.causal
+    elif cap is Capability.REFIT:
+        params = model.refit_params()
+        assert params and set(params) <= set(model.get_params())
+        summary = model.training_summary()
+        assert set(summary) == {"best_epoch", "best_metric", "history"}
+        assert summary["history"] and all("epoch" in h for h in summary["history"])
+    elif cap is Capability.ADD_ITEMS:
+        import copy
+
+        grown = copy.deepcopy(model)
+        ids = grown.add_items([{"item_id": "brand-new-item", "name": "Trail Running Shoe"}])
+        assert ids == [n_cols] and grown.n_items_ == n_cols
+        assert grown.item_map_.get("brand-new-item") == n_cols
+        assert grown.score(hist).shape == (len(hist), n_cols + 1)
+        assert model.n_items_ == n_cols - 1, "the original model is unchanged"
+    elif cap is Capability.SIMILAR_ITEMS:
+        s = model.similar_scores([1, 2])
+        assert s.shape == (2, n_cols) and torch.isneginf(s[:, 0]).all()
+        assert torch.isfinite(s[:, 1:]).all()
+        assert not torch.equal(s[0], s[1]), "a similarity depends on the item"
+
+
+def test_declaring_a_capability_without_implementing_it_fails_at_class_creation():
+    with pytest.raises(TypeError, match="declares 'vectors' but does not implement item_vectors"):
+        class Broken(Recommender):  # noqa: F841
+            capabilities = frozenset({Capability.VECTORS})
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_empty_history_gets_the_one_popularity_fallback(name, fitted, split):
+    model = fitted[name]
+    empty = np.zeros(0, dtype=np.int64)
+    s = model.score([empty, split.test.history(0)])
+    assert torch.equal(s[0], popularity_scores(split.train_full))
+    pop = get_model_class("pop")().fit(split.train_full)
+    ids, _ = model.recommend([empty], k=10)
+    want, _ = pop.recommend([empty], k=10)
+    np.testing.assert_array_equal(ids, want)

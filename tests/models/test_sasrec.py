@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from attnrec.data.dataset import EvalSet, SequenceData
-from attnrec.evaluation import evaluate
+from attnrec.evaluation import evaluate, validation_metric
 from attnrec.models.base import Recommender
-from attnrec.models.sasrec import SASRec, fused_linear_cross_entropy, training_windows
+from attnrec.models.losses import fused_linear_cross_entropy
+from attnrec.models.batching import training_windows
+from attnrec.models.sasrec import SASRec
 
 N_PRODUCTS = 10
 N_ITEMS = 60  # products 1..10, accessories 11..20, fillers 21..60
@@ -110,10 +112,30 @@ def test_save_load_round_trip(trained, tmp_path):
     assert loaded.history_ == trained.history_
 
 
+def test_bundle_with_flat_params_of_an_older_version_loads(trained, tmp_path):
+    import json
+
+    path = trained.save(tmp_path / "b")
+    cfg = json.loads((path / "config.json").read_text())
+    # bundles written before betas, grad_clip and lr_decay_factor were hyperparameters
+    for name in ("betas", "grad_clip", "lr_decay_factor"):
+        del cfg["params"][name]
+    (path / "config.json").write_text(json.dumps(cfg))
+    loaded = Recommender.load(path)
+    assert loaded.get_params()["betas"] == (0.9, 0.98) and loaded.lr == trained.lr
+    hs = [np.array([1, 30, 22])]
+    assert torch.equal(trained.score(hs), loaded.score(hs))
+
+
+def test_validation_without_a_metric_is_refused():
+    with pytest.raises(ValueError, match="SASRec.fit got valid= without metric="):
+        SASRec(**FAST, epochs=1).fit(planted(20), probe_set(10))
+
+
 def test_early_stopping_keeps_best_epoch():
     data = planted(200)
     valid = probe_set(100, seed=3)
-    m = SASRec(**FAST, epochs=30, patience=2).fit(data, valid)
+    m = SASRec(**FAST, epochs=30, patience=2).fit(data, valid, validation_metric())
     best = max(h["NDCG@10"] for h in m.history_)
     assert m.best_metric_ == best
     assert m.history_[m.best_epoch_ - 1]["NDCG@10"] == best
@@ -173,13 +195,15 @@ def test_training_and_alignment_variants_learn_planted_rule(training, align):
 
 
 def test_training_prefixes_cover_every_target_once():
-    from attnrec.models.sasrec import training_prefixes
+    from attnrec.models.batching import training_prefixes, window_ids
 
     data = SequenceData.from_lists([[1, 2, 3, 4, 5, 6, 7], [8, 9], [10]], 10)
-    ends, lens = training_prefixes(data, max_len=3)
-    assert data.items[ends].tolist() == [2, 3, 4, 5, 6, 7, 9]  # every item but each sequence's first
+    starts, lens = training_prefixes(data, max_len=3)
+    assert data.items[starts + lens].tolist() == [2, 3, 4, 5, 6, 7, 9]  # every item but each sequence's first
     assert lens.tolist() == [1, 2, 3, 3, 3, 3, 1]  # inputs capped at max_len, never crossing users
-    assert [data.items[e - n:e].tolist() for e, n in zip(ends, lens)][3] == [2, 3, 4]
+    assert [data.items[s:s + n].tolist() for s, n in zip(starts, lens)][3] == [2, 3, 4]
+    ids, real = window_ids(data.items, starts[[0, 3]], lens[[0, 3]], left=True)
+    assert ids.tolist() == [[0, 0, 1], [2, 3, 4]] and real.tolist() == [[False, False, True], [True] * 3]
 
 
 @pytest.mark.parametrize("mixer", ["none", "lowpass"])

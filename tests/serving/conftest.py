@@ -23,6 +23,7 @@ from attnrec.models import EASE, MostPopular
 
 API_KEY = "test-key-0123456789"
 AUTH = {"X-API-Key": API_KEY}
+SECRET = "test-server-secret-0123456789"
 
 
 # ---- data and bundles -------------------------------------------------------------
@@ -69,6 +70,17 @@ def ease_bundle(ease_model, bundles_dir, catalogue_csv) -> Path:
 def ease_bundle_plain(ease_model, bundles_dir) -> Path:
     """The same model without a catalogue."""
     return _save(ease_model, bundles_dir / "ease-plain", None)
+
+
+@pytest.fixture
+def own_bundle(tmp_path):
+    """``own_bundle(bundle)`` -> a private copy (deletions write the bundle's erasure list)."""
+    def copy(bundle: Path) -> Path:
+        dst = tmp_path / f"own-{bundle.name}"
+        shutil.copytree(bundle, dst)
+        return dst
+
+    return copy
 
 
 @pytest.fixture(scope="session")
@@ -186,6 +198,7 @@ def make_client(tmp_path):
     def make(bundle: Path, database_url: str | None = None, **kw):
         kw.setdefault("api_key", API_KEY)
         kw.setdefault("watch_model", False)
+        kw.setdefault("secret", SECRET)
         settings = Settings(model_path=bundle, database_url=database_url, data_dir=tmp_path / "data", **kw)
         return stack.enter_context(TestClient(create_app(settings)))
 
@@ -233,6 +246,7 @@ def live_server(tmp_path):
     def make(bundle: Path, **kw) -> LiveServer:
         kw.setdefault("api_key", API_KEY)
         kw.setdefault("watch_model", False)
+        kw.setdefault("secret", SECRET)
         settings = Settings(model_path=bundle, data_dir=tmp_path / "live-data", **kw)
         return stack.enter_context(LiveServer(create_app(settings)))
 

@@ -5,7 +5,7 @@ import pytest
 
 from tests.serving.conftest import AUTH
 
-from attnrec.content import TextEncoder
+from attnrec.data.text import TextEncoder
 from attnrec.models.content import ContentSASRec
 from tests.models.test_cold_start import bow
 
@@ -64,9 +64,20 @@ def test_new_item_is_recommended_to_textually_similar_sessions(make_client, cont
     assert np.median(shoes) < np.median(coffee), (shoes, coffee)
 
 
-def test_models_without_content_refuse_new_items_clearly(client):
-    r = client.post("/items", json={"items": [{"item": "x1", "name": "Thing"}]}, headers=AUTH)
-    assert r.status_code == 422
-    assert "cannot take new items" in r.text
+def test_models_without_content_register_items_but_say_they_are_not_recommendable(client):
+    # POST /items registers catalogue metadata for any model; only content-aware ones embed it
+    r = client.post("/items", json={"items": [{"item": "x1", "name": "Thing", "labels": ["new"]}]},
+                    headers=AUTH)
+    assert r.status_code == 201
+    assert r.json()["registered"] == ["x1"] and r.json()["added"] == [] and r.json()["embedded"] == []
+    item = client.get("/items/x1").json()
+    assert item["name"] == "Thing" and item["labels"] == ["new"]
+    assert not item["known_to_model"] and not item["recommendable"]
+    # an item the model knows takes the new name at once, in recommendations too
+    r = client.post("/items", json={"items": [{"item": "i3", "name": "Renamed"}]}, headers=AUTH)
+    assert r.json()["added"] == ["i3"]
+    recs = [it for off in (0, 100) for it in
+            client.get("/users/nobody/recommendations", params={"k": 100, "offset": off}).json()["items"]]
+    assert [it["name"] for it in recs if it["item"] == "i3"] == ["Renamed"]
     r = client.post("/items", json={"items": [{"item": "x1", "colour": "red"}]}, headers=AUTH)
     assert r.status_code == 422 and "colour" in r.text

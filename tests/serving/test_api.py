@@ -200,8 +200,8 @@ def test_unknown_events_used_after_retrain(client, shop_data, bundles_dir, catal
     assert UserOut.model_validate(client.get("/users/late").json()).known_to_model
 
 
-def test_delete_user_removes_everything(make_client, ease_bundle, db_url, shop_data):
-    c = make_client(ease_bundle, db_url)
+def test_delete_user_removes_everything(make_client, ease_bundle, own_bundle, db_url, shop_data):
+    c = make_client(own_bundle(ease_bundle), db_url)
     user = shop_data.user_map.to_raw(7)
     c.post("/events/batch", headers=AUTH, json={"events": [{"user": user, "item": "i1"},
                                                            {"user": user, "item": "zzz"}]})
@@ -222,11 +222,12 @@ def test_delete_user_removes_everything(make_client, ease_bundle, db_url, shop_d
     engine.dispose()
 
 
-def test_deletion_survives_restart(make_client, ease_bundle, sqlite_url, shop_data):
+def test_deletion_survives_restart(make_client, ease_bundle, own_bundle, sqlite_url, shop_data):
     user = shop_data.user_map.to_raw(8)
-    c = make_client(ease_bundle, sqlite_url)
+    bundle = own_bundle(ease_bundle)
+    c = make_client(bundle, sqlite_url)
     assert c.delete(f"/users/{user}", headers=AUTH).status_code == 200
-    c2 = make_client(ease_bundle, sqlite_url)  # a new process on the same database
+    c2 = make_client(bundle, sqlite_url)  # a new process on the same database
     assert c2.get(f"/users/{user}").status_code == 404
     assert recs(c2, user, k=3).source == "popularity-fallback"
     # new events after deletion are a fresh start, not a resurrection of the old history
@@ -239,12 +240,12 @@ def test_events_on_postgres_and_sqlite(make_client, ease_bundle, db_url, shop, s
     c = make_client(ease_bundle, db_url)
     user, product, accessory = user_with_room(shop_data, shop.rules, n=1, seed=3)[0]
     r = c.post("/events/batch", headers=AUTH,
-               json={"events": [{"user": user, "item": product, "event_type": "view", "timestamp": 5.5}]})
+               json={"events": [{"user": user, "item": product, "event_type": "view", "timestamp": 1_700_000_005.5}]})
     assert r.status_code == 201
     assert accessory in [it.item for it in recs(c, user, k=10).items]
     store = c.app.state.service.store
     ev = store.user_events(user)
-    assert [(e.item, e.event_type, e.timestamp) for e in ev] == [(product, "view", 5.5)]
+    assert [(e.item, e.event_type, e.timestamp) for e in ev] == [(product, "view", 1_700_000_005.5)]
 
 
 def test_health_ready_metrics(client):

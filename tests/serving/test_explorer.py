@@ -147,7 +147,18 @@ def test_first_visit_shows_a_user_explanations_and_heatmap(page, tmp_path):
     assert pg.locator("#head-select option").count() == 3  # mean + 2 heads
     assert pg.locator("#head-select").is_disabled()
     top_name = panel.locator(".bar-label").first.inner_text().split(" ", 1)[1]
-    assert f"{top_name} {shares[0]:.1f}%" in canvas.get_attribute("aria-label")
+    # the bars are the first recommendation's own explanation, as the API sends it
+    api = httpx.get(f"{page.base}/users/{user}/recommendations",
+                    params={"k": 10, "explain": "true"}).json()["items"][0]["explanation"]["because"]
+    assert top_name == (api[0]["name"] or api[0]["item"])
+    assert shares == [round(100 * b["weight"], 1) for b in api]
+    # the heatmap draws the rollout the server computed; its bottom-row summary names the
+    # history item that rollout weights most (the explanations start from it)
+    seq = httpx.get(f"{page.base}/users/{user}/attention").json()
+    last = seq["attention"]["rollout"][-1]
+    top = max(range(len(last)), key=last.__getitem__)
+    h = next(h for h in seq["history"] if h["position"] == seq["attention"]["offset"] + top)
+    assert f"{h['name'] or h['item']} {100 * last[top]:.1f}%" in canvas.get_attribute("aria-label")
     pg.select_option("#layer-select", "0")
     assert "layer 1, mean of heads" in canvas.get_attribute("aria-label")
     pg.select_option("#layer-select", "1")
@@ -303,6 +314,12 @@ def test_attention_json(server):
             for q, row in enumerate(head):
                 assert sum(row) == pytest.approx(1.0, abs=1e-3)
                 assert all(w == 0 for w in row[q + 1:])  # causal
+    assert att["causal"] is True  # declared by SASRec
+    # the rollout the page draws: rows sum to 1, causal, and its last row is the query explanation
+    rollout = att["rollout"]
+    assert len(rollout) == att["length"]
+    for q, row in enumerate(rollout):
+        assert sum(row) == pytest.approx(1.0, abs=1e-3) and all(w == 0 for w in row[q + 1:])
     # a user nobody has seen yet: empty, not an error (the page lets them start)
     new = httpx.get(server.url + "/users/brand-new/attention").json()
     assert new["history"] == [] and new["attention"] is None and not new["known_to_model"]
@@ -369,3 +386,27 @@ def test_new_user_starts_from_popular_items(page):
     assert pg.locator("#timeline li.event.live").count() == 1
     assert before[0] not in page.rec_ids()
     assert page.errors == []
+
+
+def test_the_page_asks_for_the_read_key(browser, ease_bundle_plain, tmp_path):
+    """With a read key, nothing is shown until the key is typed; then the page works as usual."""
+    from attnrec.serving import Settings, create_app
+
+    read_key = "explorer-read-key-987"
+    settings = Settings(model_path=ease_bundle_plain, api_key=KEY, read_key=read_key, watch_model=False,
+                        data_dir=tmp_path / "db", secret="explorer-secret")
+    with LiveServer(create_app(settings)) as live:
+        p = Page(browser, live.url)
+        try:
+            pg = p.page
+            pg.goto(live.url + "/")
+            expect(pg.locator("#event-status")).to_contain_text("needs a key to read")
+            assert pg.evaluate("document.activeElement.id") == "write-key"
+            assert pg.locator("#recs li.rec").count() == 0
+            pg.fill("#write-key", read_key)
+            pg.keyboard.press("Enter")
+            _wait_for_recs(p)
+            assert pg.locator("#recs li.rec").count() > 0
+            assert "ease" in pg.inner_text("#model-card").lower()
+        finally:
+            p.close()

@@ -21,8 +21,11 @@ def fuzz_schema(ease_bundle, tmp_path_factory):
 
     from attnrec.serving import Settings, create_app
 
+    import shutil
+
     d = tmp_path_factory.mktemp("fuzz")
-    app = create_app(Settings(model_path=ease_bundle, data_dir=d, api_key=API_KEY, watch_model=False,
+    bundle = shutil.copytree(ease_bundle, d / "bundle")  # fuzzed deletions write its erasure list
+    app = create_app(Settings(model_path=bundle, data_dir=d, api_key=API_KEY, watch_model=False,
                               max_k=50, max_batch=20, max_history=50))
     with TestClient(app):  # runs the lifespan: the model is loaded
         yield schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -101,6 +101,6 @@ def test_run_refuses_several_workers_and_missing_bundles(ease_bundle, tmp_path):
     from attnrec.serving import run
 
     with pytest.raises(ValueError, match="one worker"):
-        run(ease_bundle, dev=True, workers=2)
+        run(ease_bundle, dev=True, workers=0)
     with pytest.raises(FileNotFoundError, match="not a model bundle"):
         run(tmp_path / "nothing-here", dev=True)

@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, WriteKey, check_limit
+from attnrec.serving.deps import UNAVAILABLE, ServiceDep, WriteKey, check_limit
 from attnrec.serving.responses import FastJSON
 from attnrec.serving.schemas import EventAck, EventBatchIn, EventIn
 
-router = APIRouter(prefix="/events", tags=["events"], dependencies=[WriteKey])
+router = APIRouter(prefix="/events", tags=["events"], dependencies=[WriteKey], responses=UNAVAILABLE)
 
 
 def _rows(events: list[EventIn]) -> list[dict]:
-    return [{"user_id": e.user, "item_id": e.item, "event_type": e.event_type, "ts": e.timestamp}
-            for e in events]
+    return [{"user_id": e.user, "item_id": e.item, "event_type": e.event_type, "ts": e.timestamp,
+             "event_id": e.event_id} for e in events]
 
 
 @router.post("", response_model=EventAck, status_code=status.HTTP_201_CREATED,

@@ -22,12 +22,14 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, snapshot
-from attnrec.serving.engine import ModelSnapshot, _json_safe
+from attnrec.jsonable import to_jsonable
+from attnrec.models.base import Capability
+from attnrec.serving.deps import UNAVAILABLE, ServiceDep, check_limit, redact_paths, snapshot
+from attnrec.serving.engine import ModelSnapshot
 from attnrec.serving.responses import FastJSON
-from attnrec.serving.schemas import HARD_MAX_LIST, RawId, Strict
+from attnrec.serving.schemas import HARD_MAX_LIST, PathId, RawId, Strict
 
-router = APIRouter(tags=["explorer"])
+router = APIRouter(tags=["explorer"], responses=UNAVAILABLE)
 
 STATIC_PACKAGE = "attnrec.serving"
 _STATIC_NAME = re.compile(r"^[A-Za-z0-9_-]+\.(?:html|js|css|svg|png|ico)$")
@@ -46,7 +48,7 @@ _CARD_PARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "loss", 
 _WEIGHT_DIGITS = 4
 MAX_SHOWN_HISTORY = 200
 
-UserPath = Annotated[RawId, Path(description="Raw user id")]
+UserPath = Annotated[PathId, Path(description="Raw user id, percent-encoded ('/' as %2F)")]
 
 
 # ---- schemas ----------------------------------------------------------------------------------
@@ -63,9 +65,14 @@ class AttentionMaps(BaseModel):
     length: int = Field(description="Items the model sees (the last max_len of the sequence)")
     n_layers: int
     n_heads: int
+    causal: bool = Field(description="Whether a position attends only to itself and earlier ones "
+                                     "(SASRec) or both ways (BERT4Rec); declared by the model")
     layers: list[list[list[list[float]]]] = Field(
         description="layers[l][h][query][key]: weight of key position for query position "
-                    "(relative to offset); causal, so keys after the query are 0")
+                    "(relative to offset); when causal, keys after the query are 0")
+    rollout: list[list[float]] = Field(
+        description="rollout[query][key]: attention rollout over all layers (Abnar & Zuidema 2020), "
+                    "the weights the explanations start from, computed by the model")
 
 
 class SequenceAttention(BaseModel):
@@ -174,32 +181,39 @@ def _index(snap: ModelSnapshot) -> dict:
 @router.get("/explorer/users", response_model=UserSearch, summary="Find users the model knows")
 async def search_users(request: Request, service: ServiceDep,
                        q: Annotated[str, Query(max_length=256, description="Part of a raw user id")] = "",
-                       limit: Annotated[int, Query(ge=1, le=500)] = 50) -> FastJSON:
+                       limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       offset: Annotated[int, Query(ge=0, le=100_000)] = 0) -> FastJSON:
     snap = snapshot(request, service)
     idx = await run_in_threadpool(_index, snap)
     needle = q.strip().lower()
-    hits = [i for i, u in enumerate(idx["user_lower"]) if needle in u] if needle else range(len(idx["users"]))
+    gone = service.is_deleted_dense
+    # deleted users are not listed, counted or found: their fit history is hidden everywhere
+    hits = [i for i, u in enumerate(idx["user_lower"]) if (not needle or needle in u) and not gone(snap, i)]
     if needle:  # exact id first, then shorter ids (u1 before u10)
         hits = sorted(hits, key=lambda i: (idx["user_lower"][i] != needle, len(idx["users"][i]), i))
     shown = [{"user": idx["users"][i], "history_length": int(idx["lengths"][i])}
-             for i in list(hits)[:limit]]
-    return FastJSON({"users": shown, "total": len(idx["users"]), "matches": len(hits)})
+             for i in hits[offset:offset + limit]]
+    total = len(idx["users"]) - service.deleted_model_users(snap)
+    return FastJSON({"users": shown, "total": total, "matches": len(hits)})
 
 
 @router.get("/explorer/items", response_model=ItemSearch,
             summary="Find items by id, name or category")
 async def search_items(request: Request, service: ServiceDep,
                        q: Annotated[str, Query(max_length=256)] = "",
-                       limit: Annotated[int, Query(ge=1, le=200)] = 20) -> FastJSON:
+                       limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                       offset: Annotated[int, Query(ge=0, le=100_000)] = 0) -> FastJSON:
     snap = snapshot(request, service)
     idx = await run_in_threadpool(_index, snap)
     words = q.strip().lower().split()
-    hits = [i for i, t in enumerate(idx["item_text"]) if all(w in t for w in words)]
+    blocked = service.catalogue.blocked  # hidden, deleted and expired items are never listed
+    hits = [i for i, t in enumerate(idx["item_text"])
+            if all(w in t for w in words) and not blocked(idx["items"][i])]
     out = []
-    for i in hits[:limit]:
+    for i in hits[offset:offset + limit]:
         raw = idx["items"][i]
-        e = snap.item_info(raw)
-        out.append({"item": raw, "name": e.name if e else None, "category": e.category if e else None})
+        d = service.catalogue.describe(snap, raw)
+        out.append({"item": raw, "name": d["name"], "category": d["category"]})
     return FastJSON({"items": out, "matches": len(hits)})
 
 
@@ -215,23 +229,30 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
     model = snap.model
     validation = bundle.get("validation")
     vhist = (validation or {}).get("history") or []
-    training = [{k: v for k, v in h.items() if k != "seconds"} for h in (getattr(model, "history_", None) or [])]
+    history = model.training_summary()["history"] if model.supports(Capability.REFIT) else []
+    training = [{k: v for k, v in h.items() if k != "seconds"} for h in history]
     if validation is not None:
         validation = {k: v for k, v in validation.items() if k != "history"}
         validation["history"] = [{k: v for k, v in h.items() if k in ("epoch", "loss", "NDCG@10")}
                                  for h in vhist]
     card = {
         "version": snap.version, "model": snap.model_name, "saved_at": info.get("saved_at"),
-        "dataset": bundle.get("dataset") or bundle.get("data"), "protocol": bundle.get("protocol"),
-        "n_items": snap.n_items, "n_users": len(snap.user_map),
+        "dataset": _dataset_name(bundle.get("dataset") or bundle.get("data")),
+        "protocol": bundle.get("protocol"),
+        "n_items": snap.n_items, "n_users": len(snap.user_map) - service.deleted_model_users(snap),
         "n_interactions": int(model.train_data_.n_interactions),
         "has_catalogue": snap.catalogue is not None, "categories": sorted(snap.category_codes),
         "explain_method": snap.explain_method,
-        "attention": callable(getattr(model, "attention_weights", None)),
+        "attention": model.supports(Capability.ATTENTION),
         "params": {k: params[k] for k in _CARD_PARAMS if k in params},
         "metrics": info.get("metrics") or {}, "validation": validation, "training": training,
     }
-    return FastJSON(_json_safe(card))
+    return FastJSON(to_jsonable(card))
+
+
+def _dataset_name(value: Any) -> Any:
+    # a dataset given as a directory is shown by its name: no server paths in responses
+    return redact_paths(value).replace("…/", "") if isinstance(value, str) else value
 
 
 # ---- attention ------------------------------------------------------------------------------
@@ -246,12 +267,14 @@ def _sequence_payload(snap: ModelSnapshot, seq: np.ndarray, n_fit: int, user: st
                         "category": e.category if e else None, "live": pos >= n_fit})
     attention = None
     model = snap.model
-    if len(seq) and callable(getattr(model, "attention_weights", None)):
-        weights, lens = model.attention_weights([np.asarray(seq, dtype=np.int64)])
-        L = int(lens[0])
-        layers = [np.round(w[0, :, :L, :L].double().numpy(), _WEIGHT_DIGITS).tolist() for w in weights]
-        attention = {"offset": len(seq) - L, "length": L, "n_layers": len(layers),
-                     "n_heads": len(layers[0]) if layers else 0, "layers": layers}
+    if len(seq) and model.supports(Capability.ATTENTION):
+        maps = model.attention_maps([np.asarray(seq, dtype=np.int64)])
+        L = int(maps.lengths[0])
+        layers = [np.round(w.double().numpy(), _WEIGHT_DIGITS).tolist() for w in maps.history_maps(0)]
+        rollout = np.round(maps.rollout(0)[:L, :L].double().numpy(), _WEIGHT_DIGITS).tolist()
+        attention = {"offset": maps.offset(0, len(seq)), "length": L, "n_layers": len(layers),
+                     "n_heads": len(layers[0]) if layers else 0, "causal": maps.causal,
+                     "layers": layers, "rollout": rollout}
     return {"user": user, "known_to_model": known, "model_version": snap.version,
             "history_total": int(len(seq)), "history": history, "attention": attention,
             "unknown_items": unknown}

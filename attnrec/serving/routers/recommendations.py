@@ -7,20 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, check_limit, query_openapi, query_parser, snapshot
+from attnrec.serving.deps import UNAVAILABLE, ServiceDep, check_limit, query_openapi, query_parser, snapshot
 from attnrec.serving.responses import FastJSON
-from attnrec.serving.schemas import RawId, Recommendations, RecQuery, SessionRequest
+from attnrec.serving.schemas import PathId, Recommendations, RecQuery, SessionRequest
 from attnrec.serving.service import RecService
 
-router = APIRouter(tags=["recommendations"])
+router = APIRouter(tags=["recommendations"], responses=UNAVAILABLE)
 
-UserPath = Annotated[RawId, Path(description="Raw user id")]
+UserPath = Annotated[PathId, Path(description="Raw user id, percent-encoded ('/' as %2F)")]
 _rec_query = query_parser(RecQuery)
 
 
-def _check(service, k: int, *lists: tuple[str, list]) -> None:
+def _check(service, k: int, offset: int, *lists: tuple[str, list]) -> None:
     s = service.settings
     check_limit("k", k, s.max_k)
+    check_limit("offset", offset, s.max_offset)
     for name, values in lists:
         check_limit(f"length of {name}", len(values), s.max_history)
 
@@ -32,7 +33,7 @@ async def recommend_user(request: Request, user: UserPath) -> FastJSON:
     # the hot path: no dependency resolution, just the path parameter
     service: RecService = request.app.state.service
     q = _rec_query(request)
-    _check(service, q.k, ("exclude", q.exclude))
+    _check(service, q.k, q.offset, ("exclude", q.exclude))
     snap = snapshot(request, service)
     entry = service.cached_user(user) or service.user_without_events(user)
     if entry is None:
@@ -47,10 +48,10 @@ async def recommend_user(request: Request, user: UserPath) -> FastJSON:
 @router.post("/recommendations/session", response_model=Recommendations,
              summary="Top-k for an anonymous session (a list of item ids)")
 async def recommend_session(request: Request, body: SessionRequest, service: ServiceDep) -> FastJSON:
-    _check(service, body.k, ("items", body.items), ("exclude", body.exclude))
+    _check(service, body.k, body.offset, ("items", body.items), ("exclude", body.exclude))
     snap = snapshot(request, service)
     history, unknown = snap.encode_items(body.items)
-    kw = dict(k=body.k, exclude_seen=body.exclude_seen, exclude=body.exclude,
+    kw = dict(k=body.k, offset=body.offset, exclude_seen=body.exclude_seen, exclude=body.exclude,
               categories=body.categories, exclude_categories=body.exclude_categories,
               explain=body.explain)
     if snap.inline:

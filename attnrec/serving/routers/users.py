@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from attnrec.serving.deps import ServiceDep, WriteKey, snapshot
+from attnrec.serving.deps import UNAVAILABLE, ServiceDep, WriteKey, snapshot
 from attnrec.serving.responses import FastJSON
-from attnrec.serving.schemas import RawId, UserDeleted, UserOut
+from attnrec.serving.schemas import PathId, UserDeleted, UserOut
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=UNAVAILABLE)
 
-UserPath = Annotated[RawId, Path(description="Raw user id")]
+UserPath = Annotated[PathId, Path(description="Raw user id, percent-encoded ('/' as %2F)")]
 
 
 @router.get("/{user}", response_model=UserOut, summary="What the service knows about a user")
@@ -22,7 +22,7 @@ async def get_user(request: Request, user: UserPath, service: ServiceDep,
     snap = snapshot(request, service)
     entry = await run_in_threadpool(service.load_user, user)
     known = service.is_known(snap, user, entry)
-    if not known and not entry.items:
+    if not known and not entry.events:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown user {user!r}")
     fit = snap.fit_history(user) if known else None
     seq, _ = entry.sequence(snap, user)
@@ -30,7 +30,7 @@ async def get_user(request: Request, user: UserPath, service: ServiceDep,
     return FastJSON({
         "user": user, "known_to_model": known,
         "fit_events": 0 if fit is None else int(len(fit)),
-        "stored_events": len(entry.items),
+        "stored_events": len(entry.events),
         "recent_items": [snap.raw_item(d) for d in tail.tolist()],
     })
 

@@ -32,7 +32,9 @@
   }
 
   async function api(method, path, body, headers = {}) {
-    const init = { method, headers: { Accept: "application/json", ...headers } };
+    // a service with a read key answers nothing without one: send the key typed in the page
+    const key = $("write-key").value.trim();
+    const init = { method, headers: { Accept: "application/json", ...(key ? { "X-API-Key": key } : {}), ...headers } };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -40,6 +42,7 @@
     const res = await fetch(path, init);
     let data = null;
     try { data = await res.json(); } catch (_) { data = null; }
+    if (res.status === 401 && !key && method === "GET") askForKey();
     if (!res.ok) {
       const detail = data && (data.message || (typeof data.detail === "string" ? data.detail : null));
       const err = new Error(detail || `${res.status} ${res.statusText}`);
@@ -47,6 +50,13 @@
       throw err;
     }
     return data;
+  }
+
+  function askForKey() {
+    $("key-row").hidden = false;
+    setStatus("event-status", "This service needs a key to read: type the read key (or the write key) "
+      + "in the key field and press Enter.", "error");
+    $("write-key").focus();
   }
 
   function setStatus(id, text, kind = "") {
@@ -360,7 +370,8 @@
       const why = ex && ex.method === "popularity" ? "it is popular" : "no history item stands out";
       return el("p", { class: "help", text: `Recommended because ${why}.` });
     }
-    const method = ex.method === "attention" ? "the model's attention, all layers combined"
+    const method = ex.method === "attention"
+      ? "attention across all layers and how much each item raised this recommendation"
       : ex.method === "item-item weights" ? "learned item-to-item weights" : ex.method;
     const max = Math.max(...ex.because.map((b) => Math.abs(b.weight)), 1e-9);
     const list = el("ol", { class: "bars" });
@@ -454,27 +465,10 @@
     return m;
   }
 
-  // Attention rollout (Abnar & Zuidema 2020), as attnrec.explain computes the explanations:
-  // per layer A = 0.5 * mean over heads + 0.5 * I (rows renormalised), R = A_L ... A_1.
-  function rollout(att) {
-    const L = att.length;
-    let R = Array.from({ length: L }, (_, q) => Array.from({ length: L }, (_, k) => (q === k ? 1 : 0)));
-    for (const heads of att.layers) {
-      const W = meanOfHeads(heads, L);
-      const A = W.map((row, q) => {
-        const r = row.map((w, k) => 0.5 * w + (q === k ? 0.5 : 0));
-        const sum = r.reduce((a, b) => a + b, 0) || 1;
-        return r.map((x) => x / sum);
-      });
-      R = A.map((row) => Array.from({ length: L }, (_, k) => row.reduce((acc, a, j) => acc + a * R[j][k], 0)));
-    }
-    return R;
-  }
-
   function currentMatrix() {
     const att = state.seq && state.seq.attention;
     if (!att) return null;
-    if (state.layer === "rollout") return rollout(att);
+    if (state.layer === "rollout") return att.rollout;  // computed by the model on the server
     const heads = att.layers[state.layer];
     if (state.head !== "mean") return heads[Number(state.head)];
     return meanOfHeads(heads, att.length);
@@ -520,15 +514,17 @@
     const ctx = c.getContext("2d");
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, size, size);
-    // the first row is always 1 (position 0 sees only itself): keep it out of the colour scale
+    // causal: the first row is always 1 (position 0 sees only itself): keep it out of the colour scale
     let vmax = 0;
-    for (let q = 1; q < L; q++) for (let k = 0; k <= q; k++) vmax = Math.max(vmax, m[q][k]);
+    for (let q = att.causal ? 1 : 0; q < L; q++) {
+      for (let k = 0; k < (att.causal ? q + 1 : L); k++) vmax = Math.max(vmax, m[q][k]);
+    }
     if (vmax <= 0) vmax = 1;
     state.vmax = vmax;
     state.geom = { margin, cell, L };
     for (let q = 0; q < L; q++) {
       for (let k = 0; k < L; k++) {
-        ctx.fillStyle = k > q ? "#f3f4f6" : colour(m[q][k] / vmax);
+        ctx.fillStyle = att.causal && k > q ? "#f3f4f6" : colour(m[q][k] / vmax);
         ctx.fillRect(margin + k * cell, margin + q * cell, cell, cell);
       }
     }
@@ -575,7 +571,7 @@
     const [q, k] = state.cursor;
     const m = currentMatrix();
     const qi = historyAt(att.offset + q), ki = historyAt(att.offset + k);
-    $("heat-readout").textContent = k > q
+    $("heat-readout").textContent = att.causal && k > q
       ? `#${att.offset + q} cannot attend to the later #${att.offset + k} (causal).`
       : `#${att.offset + q} ${itemLabel(qi)} → #${att.offset + k} ${itemLabel(ki)}: ${pct(m[q][k])}`;
   }
@@ -614,7 +610,11 @@
     $("user-form").addEventListener("submit", (e) => { e.preventDefault(); loadUser($("user-input").value); });
     $("session-form").addEventListener("submit", (e) => { e.preventDefault(); loadSession(); });
     $("item-input").addEventListener("input", (e) => searchItems(e.target.value));
-    $("key-row").addEventListener("submit", (e) => e.preventDefault());
+    $("key-row").addEventListener("submit", (e) => {
+      e.preventDefault();
+      loadCard();  // the key may be what the reads were missing
+      if (state.user) loadUser(state.user); else loadDemoUser();
+    });
     $("item-form").addEventListener("submit", (e) => {
       e.preventDefault();
       const first = $("item-list").querySelector("button");

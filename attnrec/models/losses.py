@@ -1,0 +1,142 @@
+"""Training objectives of the sequence models: hidden states against output item embeddings.
+
+Every loss takes hidden states ``h`` ``(N, d)`` at the training positions and
+their target ids ``tgt`` ``(N,)`` (items ``1..V``; id 0 is padding and never a
+target or a negative), and returns the mean over the ``N`` positions.
+
+* :func:`cross_entropy`: full softmax over all ``V`` items through a fused,
+  chunked kernel (logits, softmax and both gradients chunk by chunk: the
+  ``(N, V)`` logit matrix never exists in full).
+* :func:`sampled_softmax`: softmax over the target and ``k`` negatives shared
+  by the batch, drawn uniformly or from given probabilities (then with the
+  logQ correction, Yi et al. 2019); accidental hits are masked.
+* :func:`bce`: the original SASRec objective, one uniform negative per position.
+* :func:`gbce`: gSASRec's generalised BCE (Petrov & Macdonald, RecSys 2023).
+
+The sampled losses read output embeddings through ``rows(ids) -> ids.shape + (d,)``
+(a gather, so that row-sparse embedding gradients stay sparse).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Rows = Callable[[torch.Tensor], torch.Tensor]
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    """Mean softmax cross-entropy of ``h @ W.T`` computed chunk by chunk.
+
+    Forward computes the loss *and* both gradients per chunk of rows (the
+    softmax of a chunk stays in cache and the full logit matrix is never
+    stored); backward only scales them. ``W`` row 0 is padding and excluded.
+    """
+
+    @staticmethod
+    def forward(ctx, h, W, targets, chunk: int, dtype: torch.dtype):  # type: ignore[override]
+        with torch.autocast("cpu", enabled=False):
+            N = h.shape[0]
+            Wi = W[1:].detach().to(dtype)  # (V, d)
+            hd = h.detach().to(dtype)  # (N, d)
+            tgt = (targets - 1)[:, None]  # (N, 1)
+            gh = torch.empty(h.shape, dtype=torch.float32)
+            gW = torch.zeros(Wi.shape, dtype=torch.float32)
+            loss = torch.zeros((), dtype=torch.float64)
+            for s in range(0, N, chunk):
+                hc = hd[s : s + chunk]  # (n, d)
+                tc = tgt[s : s + chunk]
+                p = (hc @ Wi.T).float()  # (n, V) logits
+                m = p.amax(dim=1, keepdim=True)
+                p.sub_(m).exp_()
+                z = p.sum(dim=1, keepdim=True)
+                pt = p.gather(1, tc)  # exp(logit_target - m)
+                loss += float((z.log() - pt.clamp_min(1e-30).log()).sum())
+                p.div_(z)  # softmax
+                p.scatter_add_(1, tc, torch.full_like(pt, -1.0))  # d loss / d logits
+                g = p.to(dtype)
+                gh[s : s + chunk] = (g @ Wi).float()  # (n, d)
+                if dtype == torch.float32:
+                    gW.addmm_(g.T, hc)  # (V, d)
+                else:
+                    gW.add_((g.T @ hc).float())
+            inv = 1.0 / max(1, N)
+            gh.mul_(inv)
+            gW.mul_(inv)
+            ctx.save_for_backward(gh, gW)
+            ctx.w_shape = W.shape
+            ctx.h_dtype, ctx.w_dtype = h.dtype, W.dtype
+            return (loss * inv).to(torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        gh, gW = ctx.saved_tensors
+        gWfull = torch.zeros(ctx.w_shape, dtype=torch.float32)
+        gWfull[1:] = gW
+        return (gh * grad_out).to(ctx.h_dtype), (gWfull * grad_out).to(ctx.w_dtype), None, None, None
+
+
+def fused_linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
+                               chunk: int = 256, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``h @ W[1:].T`` against ``targets`` (ids 1..V)."""
+    return _FusedLinearCE.apply(h, W, targets, chunk, dtype)
+
+
+def cross_entropy(h: torch.Tensor, W: torch.Tensor, tgt: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Full-softmax CE of ``h`` (N, d) against all items of ``W`` (V + 1, d); bf16 matmuls under autocast."""
+    dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
+    return fused_linear_cross_entropy(h.float(), W, tgt, chunk, dtype)
+
+
+def sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, rows: Rows, n_items: int, k: int,
+                    probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax CE over the target and ``k`` negatives shared by the batch.
+
+    Negatives are uniform over ``1..n_items``, or drawn from ``probs``
+    ``(n_items,)`` (item ``i`` at ``probs[i - 1]``) and then corrected by their
+    log expected count (logQ); uniform sampling needs no correction (it shifts
+    every logit by the same constant).
+    """
+    N = h.shape[0]
+    pos = (h * rows(tgt)).sum(-1)  # (N,)
+    if probs is None:
+        neg_ids = torch.randint(1, n_items + 1, (k,))
+    else:
+        neg_ids = torch.multinomial(probs, k, replacement=True) + 1
+    neg = h @ rows(neg_ids).T  # (N, k)
+    if probs is not None:
+        logq = torch.log(probs.float().clamp_min(1e-12) * k)  # (n_items,)
+        pos, neg = pos - logq[tgt - 1], neg - logq[neg_ids - 1][None, :]
+    neg = neg.masked_fill(neg_ids[None, :] == tgt[:, None], float("-inf"))  # accidental hits
+    logits = torch.cat([pos[:, None], neg], dim=1).float()  # (N, 1 + k)
+    return F.cross_entropy(logits, torch.zeros(N, dtype=torch.long))
+
+
+def bce(h: torch.Tensor, tgt: torch.Tensor, rows: Rows, n_items: int) -> torch.Tensor:
+    """Binary CE of the target against one uniform negative per position (the SASRec paper's loss)."""
+    pos = (h * rows(tgt)).sum(-1)  # (N,)
+    neg_ids = torch.randint(1, n_items + 1, (h.shape[0],))
+    neg = (h * rows(neg_ids)).sum(-1)  # (N,)
+    return -(F.logsigmoid(pos) + F.logsigmoid(-neg)).mean()
+
+
+def gbce_beta(k: int, n_items: int, t: float) -> float:
+    """gSASRec's ``beta = alpha (t (1 - 1/alpha) + 1/alpha)`` with ``alpha = k / (n_items - 1)``."""
+    alpha = k / max(1, n_items - 1)
+    return alpha * (t * (1 - 1 / alpha) + 1 / alpha)
+
+
+def gbce(h: torch.Tensor, tgt: torch.Tensor, rows: Rows, n_items: int, k: int, t: float) -> torch.Tensor:
+    """gSASRec's gBCE: ``k`` uniform negatives per position, positive probability raised to ``beta``.
+
+    ``-(log sigmoid(s+)^beta + sum_j log(1 - sigmoid(s-_j))) / (k + 1)`` per
+    position (the mean of the ``k + 1`` binary terms), ``beta`` from
+    :func:`gbce_beta`.
+    """
+    pos = (h * rows(tgt)).sum(-1)  # (N,)
+    neg_ids = torch.randint(1, n_items + 1, (h.shape[0], k))
+    neg = torch.einsum("nd,nkd->nk", h, rows(neg_ids))  # (N, k)
+    beta = gbce_beta(k, n_items, t)
+    return -(beta * F.logsigmoid(pos) + F.logsigmoid(-neg).sum(-1)).mean() / (1 + k)

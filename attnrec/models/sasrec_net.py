@@ -1,0 +1,137 @@
+"""The SASRec network (nanoGPT style: a config, small modules, short forwards).
+
+Item + position embeddings -> causal :class:`~attnrec.models.attention.TransformerBlock`
+stack -> hidden states ``(B, T, d)``; the scores of the next item are the dot
+products of a hidden state with the output item embeddings (tied to the input
+ones unless ``shared_embeddings=False``). The attention itself (fast SDPA path
+beside the explicit path that returns the weights) is in
+:mod:`attnrec.models.attention`.
+
+``mixer="lowpass"`` adds a BSARec-style (Shin et al., AAAI 2024) inductive-bias
+branch beside self-attention in every block: a *causal* low-pass filter (an
+exponentially decaying average over the prefix with a learned time constant)
+plus a learned per-channel re-weighting of the high-frequency residual,
+``alpha * (low + beta * (x - low)) + (1 - alpha) * attention(x)``. (BSARec's
+FFT filter is not causal, so it cannot be trained on all positions at once.)
+
+``align`` places the positional indices: ``"left"`` = right-padded input, the
+oldest item of a window at index 0; ``"right"`` = left-padded input, the newest
+item always at index ``max_len - 1`` (padding keys are masked, in attention and
+in the low-pass branch).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attnrec.models.attention import AttentionConfig, BlockStack, Dropout, TransformerBlock, init_weights
+
+MIXERS = ("none", "lowpass")
+ALIGNS = ("left", "right")
+
+
+@dataclass
+class SASRecConfig:
+    """Shape and options of a :class:`SASRecNet`."""
+
+    n_items: int
+    max_len: int = 50  # positions (the last max_len items of a history are seen)
+    n_layers: int = 2
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    shared_embeddings: bool = True  # output item embeddings tied to the input ones
+    mixer: str = "none"  # "none" | "lowpass" (a causal low-pass branch beside attention)
+    alpha: float = 0.5  # weight of the mixer branch
+    sparse_grad: bool = False  # item tables get row-sparse gradients (SparseAdam in the training loop)
+    align: str = "left"  # "left": oldest item at position 0; "right": newest item at position max_len - 1
+    emb_ln: bool = False  # LayerNorm on item + position embeddings (BSARec/BERT style)
+    scale_emb: bool = True  # item embeddings times sqrt(d_model) before the positions are added
+
+
+class CausalLowPass(nn.Module):
+    """Causal low-pass filter: exponentially decaying average over the prefix.
+
+    ``low[t] = sum_{s<=t} w(t-s) x[s] / sum_{s<=t} w(t-s)`` with
+    ``w(k) = exp(-k / tau)`` and a learned ``tau`` (init ``tau0``); output
+    ``low + beta * (x - low)`` with a learned per-channel ``beta`` (BSARec's
+    high-frequency re-weighting, init 0: low-pass only).
+    """
+
+    def __init__(self, d_model: int, tau0: float = 4.0):
+        super().__init__()
+        self.log_tau = nn.Parameter(torch.tensor(math.log(tau0)))
+        self.beta = nn.Parameter(torch.zeros(1, 1, d_model))  # starts with no high-frequency part
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        T = x.shape[1]
+        t = torch.arange(T, device=x.device, dtype=x.dtype)
+        lag = t[:, None] - t[None, :]  # (T, T)
+        w = torch.exp(-lag.clamp(min=0) / self.log_tau.exp().to(x.dtype)) * (lag >= 0)
+        if key_padding_mask is None:
+            w = w / w.sum(1, keepdim=True)  # (T, T) rows sum to 1
+            low = torch.einsum("ts,bsd->btd", w, x)  # (B, T, d)
+        else:  # left padding: padding keys get no weight
+            w = w[None] * (~key_padding_mask)[:, None, :].to(x.dtype)  # (B, T, T)
+            w = w / w.sum(2, keepdim=True).clamp_min(1e-12)
+            low = torch.einsum("bts,bsd->btd", w, x)  # (B, T, d)
+        return low + self.beta * (x - low)
+
+
+class SASRecNet(nn.Module):
+    """Item + position embeddings -> causal transformer blocks -> hidden states."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        if cfg.mixer not in MIXERS:
+            raise ValueError(f"mixer must be one of {MIXERS}, got {cfg.mixer!r}")
+        if cfg.align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {cfg.align!r}")
+        att = cfg.attention
+        d = att.d_model
+        self.cfg = cfg
+        self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0, sparse=cfg.sparse_grad)
+        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        self.emb_ln = nn.LayerNorm(d, eps=att.layer_norm_eps) if cfg.emb_ln else nn.Identity()
+        self.emb_drop = Dropout(att.dropout)
+        self.blocks = BlockStack(
+            TransformerBlock(att, mixer=CausalLowPass(d) if cfg.mixer == "lowpass" else None, alpha=cfg.alpha)
+            for _ in range(cfg.n_layers)
+        )
+        self.ln_f = nn.LayerNorm(d, eps=att.layer_norm_eps) if att.pre_ln else nn.Identity()
+        self.out_emb = (None if cfg.shared_embeddings
+                        else nn.Embedding(cfg.n_items + 1, d, padding_idx=0, sparse=cfg.sparse_grad))
+        self.apply(init_weights)
+
+    def output_weight(self) -> torch.Tensor:
+        """``(n_items + 1, d)`` output item embeddings (row 0 = padding)."""
+        return (self.out_emb if self.out_emb is not None else self.item_emb).weight
+
+    def output_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Output embeddings of ``ids`` (any shape) -> ``ids.shape + (d,)``; row-sparse gradient if asked."""
+        return F.embedding(ids, self.output_weight(), sparse=self.cfg.sparse_grad)
+
+    def embed(self, seq: torch.Tensor) -> torch.Tensor:
+        """Input item embeddings of ``seq`` (B, T) -> (B, T, d)."""
+        return self.item_emb(seq)
+
+    def forward(self, seq: torch.Tensor, need_weights: bool = False):
+        """``seq`` (B, T) padded item ids (see ``align``) -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
+        T = seq.shape[1]
+        x = self.embed(seq)  # (B, T, d)
+        if self.cfg.scale_emb:
+            x = x * math.sqrt(self.cfg.attention.d_model)
+        if self.cfg.align == "right":
+            x = x + self.pos_emb.weight[self.cfg.max_len - T:]  # newest item at index max_len - 1
+            pad = seq == 0  # (B, T) left padding: causal alone would let queries see it
+            pad = pad if bool(pad.any()) else None
+        else:
+            x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key
+            pad = None
+        x = self.emb_drop(self.emb_ln(x))  # (B, T, d)
+        x, weights = self.blocks(x, causal=True, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
+        x = self.ln_f(x)
+        return (x, weights) if need_weights else x

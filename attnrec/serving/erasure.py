@@ -1,0 +1,63 @@
+"""The erasure list that travels with a model bundle: ``<bundle>/erasures.json``.
+
+The database's tombstones hide a deleted user's fit-time history, but a fresh
+database has none. So every deletion is also written next to the bundle whose
+history it hides, and a service starting on that bundle merges the list into its
+database before serving. The list holds HMAC-SHA256 keys (see
+:func:`attnrec.serving.store.user_hmac`), never ids, plus a check value of the
+secret: a service started with a different secret could not recognise the
+entries, so it refuses to start instead of serving deleted users again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "erasures.json"
+
+
+class SecretMismatch(RuntimeError):
+    """The bundle's erasure list was written with another server secret."""
+
+
+def key_check(secret: bytes) -> str:
+    return hmac.new(secret, b"attnrec-erasure-key-check", hashlib.sha256).hexdigest()[:16]
+
+
+def read_erasures(bundle: Path, secret: bytes) -> set[str]:
+    """Tombstone keys recorded with ``bundle`` (empty if none); raises :class:`SecretMismatch`."""
+    f = Path(bundle) / FILE_NAME
+    if not f.exists():
+        return set()
+    data = json.loads(f.read_text())
+    if data.get("key_check") != key_check(secret):
+        raise SecretMismatch(
+            f"the bundle's {FILE_NAME} was written with a different server secret, so the users "
+            "deleted from it cannot be recognised; start with the original ATTNREC_SECRET")
+    return set(data.get("users", ()))
+
+
+def write_erasures(bundle: Path, secret: bytes, digests: set[str]) -> bool:
+    """Replace the bundle's list with ``digests`` (atomic); False if the directory is read-only."""
+    bundle = Path(bundle)
+    payload = json.dumps({"key_check": key_check(secret), "users": sorted(digests)}, indent=0)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".erasures-", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, bundle / FILE_NAME)
+    except OSError as e:
+        log.error("could not record deletions next to the bundle (%s); they hold in this database "
+                  "only, not in a fresh one", e)
+        return False
+    return True
