@@ -80,8 +80,10 @@ class TrainedModel(Recommender):
         self._check_fitted()
         best = max(1, int(self.best_epoch_))
         decays = [e for e in (getattr(self, "lr_decays_", None) or []) if e < best]
+        # a scheduled rate keeps the selection run's horizon: refit epoch e gets epoch e's rate
+        horizon = self.lr_schedule_epochs or int(self.train_config().epochs)
         return {"epochs": best, "patience": None, "max_seconds": None,
-                "lr_decay_patience": None, "lr_decay_epochs": decays}
+                "lr_decay_patience": None, "lr_decay_epochs": decays, "lr_schedule_epochs": horizon}
 
     def training_summary(self) -> dict[str, Any]:
         """The last fit's chosen epoch, its validation metric (None without validation) and curve."""
