@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of PyTorch; GPU users may install their own torch first (pyproject accepts >=2.2,<3).
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[serve,content,test]"
+	$(BIN)/pip install -q -e ".[serve,content,privacy,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

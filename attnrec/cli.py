@@ -220,6 +220,7 @@ def train(
     params = _guard(pipeline.parse_params, param, [model])
     m = _guard(pipeline.build_model, model, params.get(model), progress=True)
     catalogue = _guard(pipeline.check_inputs, params, items)
+    _guard(pipeline.check_outputs, [out])
     distributed.init_from_env(dist_backend)
     if chunked:
         from attnrec.data.chunked import load_sequences_chunked
@@ -281,6 +282,7 @@ def evaluate(
     params = _guard(pipeline.parse_params, param, names)
     built = {n: _guard(pipeline.build_model, n, params.get(n), progress=True) for n in names}
     catalogue = _guard(pipeline.check_inputs, params, items)
+    _guard(pipeline.check_outputs, [report] if report else [], [json_out] if json_out else [])
     trained = [(b, _guard(Recommender.load, b)) for b in bundle]
     sequences = data.load()
     s = _guard(pipeline.make_split, sequences, split)

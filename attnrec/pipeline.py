@@ -112,6 +112,22 @@ def check_inputs(params: dict[str, dict[str, Any]], items: Path | None = None) -
     return read_catalogue(items) if items is not None else None
 
 
+def check_outputs(directories: Sequence[Path] = (), files: Sequence[Path] = ()) -> None:
+    """Make sure results can be written before anything trains (creates the directories)."""
+    for d in directories:
+        if d.exists() and not d.is_dir():
+            raise ValueError(f"{d} exists and is not a directory")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the output directory {d}: {e.strerror}") from None
+    for f in files:
+        if f.is_dir():
+            raise ValueError(f"{f} is a directory, not a file to write")
+        if not f.parent.is_dir():
+            raise ValueError(f"cannot write {f}: the directory {f.parent} does not exist")
+
+
 def make_split(data: SequenceData, protocol: str = "loo", **kw: Any) -> Split:
     """``loo`` (leave-one-out) or ``temporal`` (global time cut-off)."""
     from attnrec.data.splits import leave_one_out, temporal_split
@@ -159,7 +175,9 @@ def fit_for_test(model: Recommender, split: Split, protocol: str = DEFAULT_PROTO
     both protocols. Test targets are never seen either way.
     """
     check_protocol(protocol)
-    if model.supports(Capability.REFIT) and len(split.valid):
+    # a differentially private model trains once, for its planned epochs: selecting on
+    # validation would spend privacy budget the accountant does not count
+    if model.supports(Capability.REFIT) and len(split.valid) and model.selects_on_validation():
         model.fit(split.train, valid=split.valid, metric=validation_metric())
         validation = selection_record(model, split)
         if protocol == "refit":

@@ -39,6 +39,11 @@ so one step averages the gradients of ``world`` batches; only rank 0 evaluates
 and writes checkpoints; on resume rank 0 reads the checkpoint and broadcasts it,
 so the other nodes need not share its file system.
 
+Differential privacy: with ``privacy=`` (an :class:`attnrec.privacy.DPSGD`) each batch
+is a Poisson batch of users and the step is the hook's (per-user clipping, noise,
+accountant; ``loss_fn`` then returns one loss per user); training stops when the
+planned privacy budget is spent, and ``TrainResult.privacy`` reports it.
+
 Library code only logs (logger ``attnrec.training``); the tqdm bar is off
 unless ``progress=True``.
 """
@@ -55,12 +60,15 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from attnrec import distributed as dist_utils
+
+if TYPE_CHECKING:
+    from attnrec.privacy import DPSGD
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +103,14 @@ class TrainConfig:
     lr_decay_patience: int | None = None
     lr_decay_factor: float = 0.5
     lr_decay_epochs: tuple[int, ...] = ()
+    # user-level differential privacy (attnrec.privacy; None or inf = off): target epsilon, delta
+    # (None = 1 / n_users), per-user clipping norm, Opacus accountant, users per per-sample-gradient
+    # micro-batch (bounds memory). Only models that pass a DPSGD hook to train() support it.
+    privacy_epsilon: float | None = None
+    privacy_delta: float | None = None
+    privacy_clip: float = 1.0
+    privacy_accountant: str = "rdp"
+    privacy_microbatch: int = 32
 
 
 @dataclass
@@ -106,6 +122,7 @@ class TrainResult:
     stopped_early: bool = False
     seconds: float = 0.0
     lr_decays: list[int] = field(default_factory=list)  # epochs after which the learning rate was decayed
+    privacy: dict | None = None  # DPSGD.report() of a differentially private run
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,7 @@ def train(
     metric: str = "metric",
     name: str = "train",
     params: Iterable[torch.nn.Parameter] | None = None,
+    privacy: DPSGD | None = None,
 ) -> TrainResult:
     """Train ``module`` in place; returns the :class:`TrainResult` (best weights restored).
 
@@ -154,11 +172,13 @@ def train(
     if not _takes_module(loss_fn):
         raise TypeError("loss_fn must take (module, batch) and run the forward through module "
                         "(under torch.distributed it is the DistributedDataParallel wrapper)")
+    if privacy is not None:
+        _check_private(cfg, evaluate)
     if cfg.num_threads:
         torch.set_num_threads(int(cfg.num_threads))
     seed_everything(cfg.seed)
     params = list(module.parameters()) if params is None else list(params)
-    optimizer = _Optimizer(module, params, cfg)
+    optimizer = _Optimizer(module, params, cfg, wrap=privacy.attach if privacy is not None else None)
     step_loss = loss_fn
     if cfg.compile:
         step_loss = torch.compile(loss_fn)  # type: ignore[assignment]
@@ -218,6 +238,12 @@ def train(
             module.train()
             total, n = 0.0, 0
             for batch in dist_utils.shard(batches(epoch, rng), rank, world):
+                if privacy is not None:  # per-user clipped, noised step (attnrec.privacy)
+                    if privacy.exhausted:
+                        break
+                    total += privacy.step(model, batch, loss_fn)
+                    n += 1
+                    continue
                 with autocast():
                     loss = step_loss(model, batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -289,6 +315,9 @@ def train(
             if over_budget:
                 log.warning("time budget of %.0fs reached after epoch %d", cfg.max_seconds, epoch)
                 break
+            if privacy is not None and privacy.exhausted and epoch < cfg.epochs:
+                log.warning("privacy budget spent after epoch %d: stopping", epoch)
+                break
     finally:
         if pbar is not None:
             pbar.close()
@@ -296,7 +325,23 @@ def train(
         module.load_state_dict(best_state)
     module.eval()
     result.seconds = time.perf_counter() - t_train
+    if privacy is not None:
+        result.privacy = privacy.report()
     return result
+
+
+def _check_private(cfg: TrainConfig, evaluate: Callable[[], float] | None) -> None:
+    """Options the DP step does not support get a clear error instead of a silent mismatch."""
+    if evaluate is not None:  # picking the best epoch on users' held-out items is not accounted for
+        raise ValueError("differentially private training runs its planned epochs without "
+                         "validation (early stopping would spend privacy budget unaccounted)")
+    if dist_utils.world_size() > 1:
+        raise ValueError("differential privacy is single-process: run without torchrun")
+    bad = [name for name, on in (("bf16", cfg.bf16), ("compile", cfg.compile),
+                                 ("resume", cfg.resume)) if on]
+    if bad:
+        raise ValueError(f"{', '.join(bad)} cannot be combined with privacy_epsilon "
+                         "(resume would restart the privacy accountant)")
 
 
 class _Optimizer:
@@ -306,7 +351,8 @@ class _Optimizer:
     decay): the only optimiser in torch that accepts sparse gradients.
     """
 
-    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], cfg: TrainConfig):
+    def __init__(self, module: torch.nn.Module, params: list[torch.nn.Parameter], cfg: TrainConfig,
+                 wrap: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None):
         sparse_ids = {id(m.weight) for m in module.modules()
                       if isinstance(m, torch.nn.Embedding) and m.sparse}
         dense = [p for p in params if id(p) not in sparse_ids]
@@ -317,6 +363,10 @@ class _Optimizer:
                                                      weight_decay=cfg.weight_decay))
         if sparse:
             self.optimizers.append(torch.optim.SparseAdam(sparse, lr=cfg.lr, betas=tuple(cfg.betas)))
+        if wrap is not None:  # differential privacy: one dense optimiser, wrapped (DPOptimizer)
+            if sparse:
+                raise ValueError("sparse gradients cannot be combined with differential privacy")
+            self.optimizers = [wrap(o) for o in self.optimizers]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers:

@@ -14,26 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from attnrec.data.preprocess import load_dataset  # noqa: E402
-from attnrec.data.splits import leave_one_out  # noqa: E402
-from attnrec.data.synthetic import generate  # noqa: E402
-from attnrec.evaluation import validation_metric  # noqa: E402
-from attnrec.models.sasrec import SASRec  # noqa: E402
-
-DATA = ROOT.parent / "shared" / "data"
+from attnrec import benchmarking
+from attnrec.data.splits import leave_one_out
+from attnrec.data.synthetic import generate
+from attnrec.evaluation import validation_metric
+from attnrec.models.sasrec import SASRec
 VARIANTS = {
     "ce": dict(loss="ce"),
     "bce (1 negative)": dict(loss="bce"),
     "gbce t=0.75": dict(loss="gbce", gbce_t=0.75),
-    "gbce t=0 (BCE, same negatives)": dict(loss="gbce", gbce_t=0.0),
+    "gbce t=0 (plain BCE)": dict(loss="gbce", gbce_t=0.0),
     "sampled_softmax": dict(loss="sampled_softmax"),
 }
 
@@ -52,8 +46,7 @@ def main() -> None:
     if args.data == "synthetic":
         data = generate(seed=0).to_sequences()
     else:
-        path = {"ml-100k": DATA / "ml-100k" / "ml-100k.inter", "beauty": DATA / "beauty.txt"}.get(args.data, args.data)
-        data = load_dataset(Path(path))[0]
+        data = benchmarking.load(args.data)  # a shared dataset name or an interaction file
     split = leave_one_out(data)
     curves = {}
     for name in args.variants.split(","):

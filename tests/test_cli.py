@@ -249,6 +249,11 @@ def test_bad_input_files_fail_before_training(shop, tmp_path, no_training, comma
     ]
     if command == "evaluate":
         cases.append(((data, *extra, "--bundle", tmp_path / "no_bundle"), "no_bundle is not an attnrec bundle"))
+        cases.append(((data, *extra, "--json", tmp_path / "nowhere" / "m.json"),
+                      f"the directory {tmp_path / 'nowhere'} does not exist"))
+        cases.append(((data, *extra, "--report", no_id), "no_id.csv exists and is not a directory"))
+    else:
+        cases.append(((data, "-o", no_id, "-m", "ease"), "no_id.csv exists and is not a directory"))
     for args, message in cases:
         r = invoke(command, *args)
         assert r.exit_code == 2, r.output

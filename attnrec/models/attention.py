@@ -196,7 +196,7 @@ class MultiHeadAttention(nn.Module):
                     # let empty rows attend everything (no NaN), zero them afterwards
                     allowed = allowed | empty
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p_drop, scale=scale)
-                if empty is not None and bool(empty.any()):
+                if empty is not None:  # unconditional: no data-dependent branch (torch.func.vmap under DP)
                     y = y.masked_fill(empty, 0.0)
             weights = None
         else:

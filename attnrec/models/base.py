@@ -5,9 +5,13 @@ In the spirit of scikit-learn / implicit:
 * the constructor only stores hyperparameters (``get_params`` returns them);
 * ``fit(data, valid=None) -> self`` learns; learned state ends in ``_``;
 * ``score(histories)`` returns full-catalogue scores, ``(B, n_items + 1)``,
-  column 0 (padding) is ``-inf``;
+  column 0 (padding) is ``-inf``; an empty history gets the one popularity
+  fallback (:func:`popularity_scores`); subclasses implement ``_score``;
 * ``recommend(histories, k, ...)`` returns dense ids and scores of the top-k
-  with already-seen items excluded by default;
+  with already-seen items excluded by default (:mod:`attnrec.ranking`);
+* anything more is an optional capability the model *declares* in
+  ``capabilities`` (:mod:`attnrec.models.capabilities`); ``supports(cap)``
+  answers callers, and an undeclared one raises :class:`CapabilityError`;
 * ``save(dir)`` / ``load(dir)`` write and read a self-describing bundle
   directory: ``config.json`` (class, hyperparameters, sizes), id maps as JSON,
   tensors as safetensors and the fit sequences as ``.npz`` — no pickle.
@@ -61,9 +65,9 @@ def register(name: str):
     return deco
 
 
+# The registry is full whenever this module can be used: importing it runs the package's
+# ``attnrec/models/__init__.py`` first, which imports every model module.
 def get_model_class(name: str) -> type["Recommender"]:
-    import attnrec.models  # noqa: F401  (populates the registry)
-
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -72,8 +76,6 @@ def get_model_class(name: str) -> type["Recommender"]:
 
 
 def available_models() -> list[str]:
-    import attnrec.models  # noqa: F401
-
     return sorted(_REGISTRY)
 
 
@@ -135,6 +137,14 @@ class Recommender:
     def supports(cls, capability: Capability) -> bool:
         """Whether this model declares ``capability``."""
         return capability in cls.capabilities
+
+    def selects_on_validation(self) -> bool:
+        """Whether ``fit(train, valid, metric)`` chooses its stopping point on validation.
+
+        True for models that declare ``REFIT``, unless their settings rule it out
+        (a differentially private model trains for a fixed number of epochs).
+        """
+        return self.supports(Capability.REFIT)
 
     def _refuse(self, capability: Capability, hint: str = "") -> CapabilityError:
         return CapabilityError(self.model_name, capability, hint)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from attnrec import privacy as dp
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models import losses
 from attnrec.models.attention import AttentionConfig, BlockStack, TransformerBlock, init_weights
@@ -241,20 +242,16 @@ class BERT4Rec(NeuralSequenceModel):
     def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         torch.manual_seed(self.seed)
         self.net_ = self._build_for_fit(data)
+        if self.private:
+            return self._fit_private(data)
         starts, lens = cloze_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training windows: every sequence has fewer than 2 items")
-        net, mask_id = self.net_, self.net_.mask_id
+        net = self.net_
 
         def batches(epoch: int, rng: np.random.Generator):
             for sel in length_grouped_batches(lens, self.batch_size, rng):
-                n = lens[sel]
-                seq, _ = window_ids(data.items, starts[sel], n)  # (B, T)
-                m = cloze_mask(n, seq.shape[1], self.mask_prob, self.last_mask_prob, rng)  # (B, T)
-                if self.last_mask_crop:
-                    crop_last_only(seq, m, n, rng)
-                inp = np.where(m, mask_id, seq)
-                yield torch.from_numpy(inp), torch.from_numpy(seq), torch.from_numpy(m)
+                yield self._cloze_batch(data, starts[sel], lens[sel], rng)
 
         def loss_fn(module, batch) -> torch.Tensor:
             inp, seq, m = batch
@@ -262,6 +259,40 @@ class BERT4Rec(NeuralSequenceModel):
             return self._loss(net.project(h[m]), seq[m])  # (N, d + 1), (N,)
 
         self._train_net(batches, loss_fn, valid, metric)
+
+    def _cloze_batch(self, data: SequenceData, starts: np.ndarray, lens: np.ndarray,
+                     rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masked windows -> ``(inputs, items, mask)``, each ``(B, T)``, ``T = lens.max()``."""
+        seq, _ = window_ids(data.items, starts, lens)  # (B, T)
+        m = cloze_mask(lens, seq.shape[1], self.mask_prob, self.last_mask_prob, rng)  # (B, T)
+        if self.last_mask_crop:
+            crop_last_only(seq, m, lens, rng)
+        inp = np.where(m, self.net_.mask_id, seq)
+        return torch.from_numpy(inp), torch.from_numpy(seq), torch.from_numpy(m)
+
+    def _fit_private(self, data: SequenceData) -> None:
+        """User-level DP-SGD (:mod:`attnrec.privacy`): one row per user, their last
+        ``max_len`` items (older ones are not used), Poisson-sampled, clipped per row."""
+        users = np.flatnonzero(data.lengths >= 2)
+        if len(users) == 0:
+            raise ValueError("no training windows: every sequence has fewer than 2 items")
+        lens = np.minimum(data.lengths[users], self.max_len).astype(np.int64)
+        starts = data.indptr[users + 1].astype(np.int64) - lens
+        hook = self._privacy_hook(data.n_users, len(users))
+        size = self.privacy_microbatch
+
+        def batches(epoch: int, rng: np.random.Generator):
+            for rows in hook.sample_rows(rng):  # one Poisson batch -> its micro-batches
+                yield [self._cloze_batch(data, starts[m], lens[m], rng)
+                       for m in dp.microbatches(rows, lens, size)]
+
+        def loss_fn(module, batch) -> torch.Tensor:
+            inp, seq, m = batch
+            h = module(inp)  # (B, T, d)
+            z = module.project(h.flatten(0, 1)).view(*h.shape[:2], -1)  # (B, T, d + 1)
+            return dp.per_row_cross_entropy(z, module.output_weight(), seq, m)  # (B,)
+
+        self._train_net(batches, loss_fn, None, None, privacy=hook)
 
     def _loss(self, z: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         """Loss for output queries ``z`` (N, d + 1) and target ids ``tgt`` (N,)."""

@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 import numpy as np
 import torch
 
+from attnrec import privacy as dp
 from attnrec.data.dataset import EvalSet, IdMap, SequenceData
 from attnrec.jsonable import to_jsonable
 from attnrec.models import attribution
@@ -88,6 +89,16 @@ class TrainedModel(Recommender):
         return {"best_epoch": self.best_epoch_, "best_metric": self.best_metric_,
                 "history": list(self.history_ or [])}
 
+    # ---- differential privacy (attnrec.privacy) --------------------------
+    @property
+    def private(self) -> bool:
+        """Trained with user-level DP-SGD (``privacy_epsilon`` set and finite)."""
+        return dp.is_private(self.privacy_epsilon)
+
+    def selects_on_validation(self) -> bool:
+        """Never under DP: a private model trains for its planned epochs (see attnrec.privacy)."""
+        return not self.private
+
     def _validates(self, valid: EvalSet | None, metric: ValidationMetric | None) -> bool:
         """Whether ``fit`` got validation cases (then it must have got the metric to maximise)."""
         if valid is None or not len(valid):
@@ -99,13 +110,21 @@ class TrainedModel(Recommender):
 
     def _train(self, net: torch.nn.Module, batches: Callable[[int, np.random.Generator], Iterable[Any]],
                loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-               evaluate: Callable[[], float] | None, metric: ValidationMetric | None) -> TrainResult:
-        """Train ``net``; early stopping on ``evaluate()`` (named ``metric.name``) when it is given."""
+               evaluate: Callable[[], float] | None, metric: ValidationMetric | None,
+               privacy: dp.DPSGD | None = None) -> TrainResult:
+        """Train ``net``; early stopping on ``evaluate()`` (named ``metric.name``) when it is given.
+
+        ``privacy``: the DP-SGD hook of a model that supports ``privacy_epsilon``; a model
+        that does not pass one refuses the option rather than ignore it.
+        """
+        if self.private and privacy is None:
+            raise ValueError(f"privacy_epsilon is supported by sasrec and bert4rec, not {self.model_name}")
         cfg = self.train_config()
         if evaluate is None:
             cfg.patience = None
         res = train(net, batches, loss_fn, cfg, evaluate, metric=metric.name if metric else "metric",
-                    name=self.model_name)
+                    name=self.model_name, privacy=privacy)
+        self.privacy_ = res.privacy
         self.history_ = res.history
         self.best_epoch_ = res.best_epoch if evaluate is not None else res.epochs_run
         self.best_metric_ = res.best_metric if evaluate is not None else None
@@ -123,6 +142,7 @@ class TrainedModel(Recommender):
             "best_metric": to_jsonable(getattr(self, "best_metric_", None)),
             "epochs_run": getattr(self, "epochs_run_", None),
             "lr_decays": getattr(self, "lr_decays_", []),
+            "privacy": getattr(self, "privacy_", None),
         }
 
     def _load_extra_config(self, extra: dict[str, Any]) -> None:
@@ -131,6 +151,7 @@ class TrainedModel(Recommender):
         self.best_metric_ = extra.get("best_metric")
         self.epochs_run_ = extra.get("epochs_run")
         self.lr_decays_ = extra.get("lr_decays", [])
+        self.privacy_ = extra.get("privacy")
 
 
 class NeuralSequenceModel(TrainedModel):
@@ -165,10 +186,25 @@ class NeuralSequenceModel(TrainedModel):
 
     def _train_net(self, batches: Callable[[int, np.random.Generator], Iterable[Any]],
                    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
-                   valid: EvalSet | None, metric: ValidationMetric | None) -> TrainResult:
-        """Train ``net_``; early stopping on ``metric`` over ``valid`` when given."""
-        evaluate = (lambda: metric.evaluate(self, valid)) if self._validates(valid, metric) else None
-        return self._train(self.net_, batches, loss_fn, evaluate, metric)
+                   valid: EvalSet | None, metric: ValidationMetric | None,
+                   privacy: dp.DPSGD | None = None) -> TrainResult:
+        """Train ``net_``; early stopping on ``metric`` over ``valid`` when given (never under
+        ``privacy``: its epochs are fixed in advance, validation is not looked at)."""
+        evaluate = None
+        if privacy is None and self._validates(valid, metric):
+            evaluate = lambda: metric.evaluate(self, valid)  # noqa: E731
+        return self._train(self.net_, batches, loss_fn, evaluate, metric, privacy=privacy)
+
+    def _privacy_hook(self, n_users: int, n_rows: int) -> dp.DPSGD:
+        """The DP-SGD hook for ``n_rows`` user rows (delta defaults to ``1 / n_users``)."""
+        if self.loss != "ce":
+            raise ValueError(f"privacy_epsilon needs loss='ce' (per-user full softmax), got {self.loss!r}")
+        delta = self.privacy_delta if self.privacy_delta is not None else dp.default_delta(n_users)
+        return dp.DPSGD(dp.PrivacyConfig(
+            epsilon=float(self.privacy_epsilon), delta=float(delta), n_rows=n_rows,
+            expected_batch_size=int(self.batch_size), epochs=int(self.epochs),
+            max_grad_norm=float(self.privacy_clip), accountant=self.privacy_accountant,
+            microbatch=int(self.privacy_microbatch), seed=int(self.seed)))
 
     # ---- inference -------------------------------------------------------
     @torch.no_grad()

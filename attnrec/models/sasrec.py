@@ -54,6 +54,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 import torch
 
+from attnrec import privacy as dp
 from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models import losses
 from attnrec.models.attention import AttentionConfig
@@ -64,6 +65,14 @@ from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 from attnrec.training import ValidationMetric
 
 LOSSES = ("ce", "sampled_softmax", "bce", "gbce")
+
+
+def next_item_batch(data: SequenceData, starts: np.ndarray, lens: np.ndarray
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded windows -> ``(inputs, next items, mask)``, each ``(B, T)``, ``T = lens.max()``."""
+    seq, mask = window_ids(data.items, starts, lens)  # (B, T) inputs
+    tgt, _ = window_ids(data.items, starts + 1, lens)  # (B, T) next items
+    return torch.from_numpy(seq), torch.from_numpy(tgt), torch.from_numpy(mask)
 
 
 @register("sasrec")
@@ -173,6 +182,8 @@ class SASRec(NeuralSequenceModel):
         mean_len = float(data.lengths.mean()) if data.n_users else 0.0
         self.dropout_ = (0.5 if mean_len < 20 else 0.2) if self.dropout == "auto" else float(self.dropout)
         self.net_ = self._build_for_fit(data)
+        if self.private:
+            return self._fit_private(data)
         starts, lens = training_windows(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training targets: every sequence has fewer than 2 items")
@@ -186,9 +197,7 @@ class SASRec(NeuralSequenceModel):
 
         def batches(epoch: int, rng: np.random.Generator):
             for sel in length_grouped_batches(lens, self.batch_size, rng):
-                seq, mask = window_ids(data.items, starts[sel], lens[sel])  # (B, T) inputs
-                tgt, _ = window_ids(data.items, starts[sel] + 1, lens[sel])  # (B, T) next items
-                yield torch.from_numpy(seq), torch.from_numpy(tgt), torch.from_numpy(mask)
+                yield next_item_batch(data, starts[sel], lens[sel])
 
         def loss_fn(module, batch) -> torch.Tensor:
             seq, tgt, mask = batch
@@ -196,6 +205,28 @@ class SASRec(NeuralSequenceModel):
             return self._loss(h[mask], tgt[mask])  # (N, d), (N,)
 
         self._train_net(batches, loss_fn, valid, metric)
+        self.n_train_targets_ = int(lens.sum())
+
+    def _fit_private(self, data: SequenceData) -> None:
+        """User-level DP-SGD (:mod:`attnrec.privacy`): one row per user, their last
+        ``max_len`` targets (older ones are not used), Poisson-sampled, clipped per row."""
+        users = np.flatnonzero(data.lengths >= 2)
+        if len(users) == 0:
+            raise ValueError("no training targets: every sequence has fewer than 2 items")
+        lens = np.minimum(data.lengths[users] - 1, self.max_len).astype(np.int64)
+        starts = data.indptr[users + 1].astype(np.int64) - 1 - lens
+        hook = self._privacy_hook(data.n_users, len(users))
+        size = self.privacy_microbatch
+
+        def batches(epoch: int, rng: np.random.Generator):
+            for rows in hook.sample_rows(rng):  # one Poisson batch -> its micro-batches
+                yield [next_item_batch(data, starts[m], lens[m]) for m in dp.microbatches(rows, lens, size)]
+
+        def loss_fn(module, batch) -> torch.Tensor:
+            seq, tgt, mask = batch
+            return dp.per_row_cross_entropy(module(seq), module.output_weight(), tgt, mask)  # (B,)
+
+        self._train_net(batches, loss_fn, None, None, privacy=hook)
         self.n_train_targets_ = int(lens.sum())
 
     def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from attnrec.serving.engine import BadRequest, ModelSnapshot
+from attnrec.serving.engine import BadRequest, ModelSnapshot, remember_mask
 from attnrec.serving.store import ItemState
 
 
@@ -141,6 +141,8 @@ class CatalogueState:
                 c = set(cats)
                 mask[d] = (not want or bool(c & want)) and not (c & drop)
         mask[0] = False
-        if len(self._masks) < 256:  # bounded: keys come from clients
-            self._masks[key] = mask
+        remember_mask(self._masks, key, mask)
         return mask
+
+    def masks(self) -> dict:
+        return self._masks

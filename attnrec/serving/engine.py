@@ -24,6 +24,20 @@ from attnrec.models.base import Capability, Recommender
 log = logging.getLogger(__name__)
 
 
+# filter masks cached per snapshot (keys come from clients): at most this many bytes
+MASK_CACHE_BYTES = 16 * 2**20
+
+
+def remember_mask(cache: dict, key: tuple, mask: torch.Tensor) -> None:
+    """Keep ``mask`` in ``cache`` while the cache stays within :data:`MASK_CACHE_BYTES`."""
+    if (len(cache) + 1) * mask.numel() * mask.element_size() <= MASK_CACHE_BYTES:
+        cache[key] = mask
+
+
+def mask_cache_bytes(cache: dict) -> int:
+    return sum(m.numel() * m.element_size() for m in cache.values())
+
+
 class BadRequest(ValueError):
     """A request that is well-formed but cannot be served as asked (422)."""
 
@@ -165,6 +179,9 @@ class ModelSnapshot:
             self._item_category[d] = code
         self._item_category_t = torch.from_numpy(self._item_category)
 
+    def filter_cache_bytes(self) -> int:
+        return mask_cache_bytes(self._mask_cache)
+
     def item_categories(self) -> np.ndarray:
         """Category code of every dense item (-1: none), ``(n_items + 1,)``."""
         return self._item_category
@@ -191,8 +208,7 @@ class ModelSnapshot:
         if key[1]:
             mask &= ~torch.isin(cats, torch.tensor([self.category_codes[c] for c in key[1]]))
         mask[0] = False
-        if len(self._mask_cache) < 256:  # bounded: keys come from clients
-            self._mask_cache[key] = mask
+        remember_mask(self._mask_cache, key, mask)
         return mask
 
     # ---- scoring ---------------------------------------------------------

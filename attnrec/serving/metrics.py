@@ -42,6 +42,9 @@ class Metrics:
         self.cache_bytes = Gauge(
             "attnrec_cache_bytes", "Estimated memory held by the per-user caches (bounded by "
             "cache_max_bytes)", registry=r)
+        self.filter_cache_bytes = Gauge(
+            "attnrec_filter_cache_bytes", "Memory held by cached category-filter masks (bounded)",
+            registry=r)
         self.db_errors = Counter(
             "attnrec_database_unavailable", "Requests answered 503 because the database timed out",
             registry=r)

@@ -30,7 +30,7 @@ import numpy as np
 
 from attnrec.models.base import Capability
 from attnrec.serving.catalogue import CatalogueState
-from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot
+from attnrec.serving.engine import BadRequest, ModelSnapshot, load_snapshot, mask_cache_bytes
 from attnrec.serving.erasure import read_erasures, write_erasures
 from attnrec.serving.feedback import EventTypes, Kind
 from attnrec.serving.metrics import Metrics
@@ -43,13 +43,14 @@ log = logging.getLogger(__name__)
 # once with tracemalloc on the demo bundle; an estimate, not an accounting)
 _ENTRY_BYTES, _EVENT_BYTES = 600, 200
 _RESULT_BYTES, _RESULT_ITEM_BYTES, _BECAUSE_BYTES = 800, 450, 350
+_ARRAY_BYTES = 3 * 112  # numpy array headers
 
 
 class UserEntry:
     """A user's stored events (event-time order) and memoised derivations."""
 
     __slots__ = ("events", "ids", "items", "item_ids", "negatives", "excluded", "tombstoned", "_seq",
-                 "recs", "nbytes")
+                 "recs", "nbytes", "unaccounted")
 
     def __init__(self, events: tuple[StoredEvent, ...], tombstoned: bool, types: EventTypes):
         self.events = events
@@ -63,6 +64,7 @@ class UserEntry:
         self._seq: tuple | None = None
         self.recs: OrderedDict = OrderedDict()
         self.nbytes = _ENTRY_BYTES + _EVENT_BYTES * len(events)
+        self.unaccounted = 0  # memoised arrays not yet counted by the cache
 
     def merged(self, new: Sequence[StoredEvent], types: EventTypes) -> "UserEntry":
         fresh = [e for e in new if e.id not in self.ids]
@@ -86,6 +88,7 @@ class UserEntry:
         excluded, _ = snap.encode_items(self.excluded)
         memo = self._seq = (snap.version, seq, fit is not None, negatives,
                             np.union1d(negatives, excluded).astype(np.int64))
+        self.unaccounted += _ARRAY_BYTES + seq.nbytes + memo[3].nbytes + memo[4].nbytes
         return memo
 
     def sequence(self, snap: ModelSnapshot, user: str) -> tuple[np.ndarray, bool]:
@@ -150,7 +153,7 @@ class RecService:
             self.store.add_tombstones(carried)
             self._deleted |= carried
         if self._deleted - carried:
-            write_erasures(snap.path, self._secret, self._deleted)
+            write_erasures(snap.path, self._secret, self._deleted - carried)
         self._deleted_users = {snap.version: self._dense_deleted(snap, self._deleted)}
         trained = (snap.config.get("info") or {}).get("event_types")
         if trained is not None and trained != self.settings.event_types:
@@ -309,6 +312,7 @@ class RecService:
         if new_tombs:
             snap = self.snap
             self._deleted_users.setdefault(snap.version, set()).update(self._dense_deleted(snap, new_tombs))
+            write_erasures(snap.path, self._secret, new_tombs)  # in case the deleting worker could not
         self.catalogue.apply(items)
         self._synced_at = started
 
@@ -404,6 +408,13 @@ class RecService:
             self._cache_bytes -= old.nbytes
         self._report_cache()
 
+    def report_filter_caches(self) -> None:
+        snap = self.current
+        total = mask_cache_bytes(self.catalogue.masks())
+        if snap is not None:
+            total += snap.filter_cache_bytes()
+        self.metrics.filter_cache_bytes.set(total)
+
     def _report_cache(self) -> None:
         self.metrics.cached_users.set(len(self._cache))
         self.metrics.cache_bytes.set(max(self._cache_bytes, 0))
@@ -411,6 +422,8 @@ class RecService:
     def _account(self, user: str, entry: UserEntry, nbytes: int) -> None:
         """``entry`` grew by ``nbytes`` (a memoised result); counts only while it is cached."""
         with self._lock:
+            nbytes += entry.unaccounted
+            entry.unaccounted = 0
             entry.nbytes += nbytes
             if self._cache.get(user) is entry:
                 self._cache_bytes += nbytes
@@ -482,7 +495,7 @@ class RecService:
         dense = snap.user_map.get(user)
         if dense is not None:
             self._deleted_users.setdefault(snap.version, set()).add(dense)
-        write_erasures(snap.path, self._secret, self._deleted)
+        write_erasures(snap.path, self._secret, {digest})
         self.metrics.deleted_users.inc()
         log.info("deleted a user and %d events", n)  # the id itself is not logged
         return n
@@ -571,6 +584,7 @@ class RecService:
             categories=q.categories, exclude_categories=q.exclude_categories, explain=q.explain,
             offset=q.offset, never=entry.never(snap, user, q.exclude_seen))
         out = {"user": user, **out}
+        grown = 0
         if cap:
             recs = entry.recs
             recs[key] = out
@@ -580,6 +594,7 @@ class RecService:
                     grown -= _result_bytes(recs.popitem(last=False)[1])
                 except KeyError:
                     break
+        if grown or entry.unaccounted:
             self._account(user, entry, grown)
         return out
 

@@ -584,3 +584,75 @@ def test_attnrec_serve_with_two_workers(ease_bundle, own_bundle, tmp_path, shop_
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+@pytest.mark.postgres
+def test_locked_postgres_table_gives_503_fast_and_ready_false(make_client, ease_bundle, postgres_url):
+    import psycopg
+
+    c = make_client(ease_bundle, postgres_url)
+    c.post("/events", headers=AUTH, json={"user": "has-events", "item": "i1"})
+    other = psycopg.connect(postgres_url)
+    other.execute("LOCK TABLE events IN EXCLUSIVE MODE")  # writes wait, reads do not
+    try:
+        t0 = time.monotonic()
+        r = c.post("/events", headers=AUTH, json={"user": "u", "item": "i1"})
+        assert r.status_code == 503 and time.monotonic() - t0 < 3.0
+        assert r.headers["retry-after"] == "1" and r.json()["retry_after_s"] == 1
+        assert c.get("/ready").json()["ready"] is False
+        c.app.state.service._cache.clear()
+        t0 = time.monotonic()
+        assert c.get("/users/has-events").json()["stored_events"] == 1
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        other.rollback()
+        other.close()
+    assert c.get("/ready").json()["ready"]
+    assert c.post("/events", headers=AUTH, json={"user": "u", "item": "i1"}).status_code == 201
+
+
+def test_filter_mask_caches_are_bounded_in_bytes(client, monkeypatch, shop_data):
+    import itertools
+
+    from attnrec.serving import engine
+
+    n = shop_data.n_items + 1
+    monkeypatch.setattr(engine, "MASK_CACHE_BYTES", 5 * n)  # room for five masks
+    cats = client.get("/explorer/model").json()["categories"]
+    pairs = list(itertools.combinations(cats, 2))
+    assert len(pairs) > 5
+    for a, b in pairs:
+        r = client.get("/users/u1/recommendations", params={"categories": [a, b]})
+        assert r.status_code == 200 and {it["category"] for it in r.json()["items"]} <= {a, b}
+    text = client.get("/metrics").text
+    value = float(next(line.split()[1] for line in text.splitlines()
+                       if line.startswith("attnrec_filter_cache_bytes ")))
+    assert 0 < value <= 5 * n
+
+
+def test_erasure_list_merges_concurrent_writers(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from attnrec.serving.erasure import read_erasures, write_erasures
+
+    secret = b"s3cret"
+    digests = [f"{i:064x}" for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:  # workers deleting at the same moment
+        assert all(pool.map(lambda d: write_erasures(tmp_path, secret, {d}), digests))
+    assert read_erasures(tmp_path, secret) == set(digests)
+
+
+def test_read_only_bundle_still_deletes_and_says_so(make_client, ease_bundle, own_bundle, sqlite_url,
+                                                   shop_data, caplog, monkeypatch):
+    from attnrec.serving import erasure
+
+    c = make_client(own_bundle(ease_bundle), sqlite_url)
+    user = shop_data.user_map.to_raw(11)
+
+    def read_only(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(erasure.tempfile, "mkstemp", read_only)  # as on a read-only mount
+    assert c.delete(f"/users/{user}", headers=AUTH).status_code == 200
+    assert c.get(f"/users/{user}").status_code == 404
+    assert "could not record deletions next to the bundle" in caplog.text

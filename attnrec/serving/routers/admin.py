@@ -34,6 +34,7 @@ async def ready(service: ServiceDep) -> FastJSON:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(service: ServiceDep) -> Response:
+    service.report_filter_caches()
     return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -44,7 +44,7 @@ _CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 
 # training settings worth showing on the model card (the rest stay in config.json)
 _CARD_PARAMS = ("d_model", "n_layers", "n_heads", "max_len", "dropout", "loss", "n_negatives",
                 "epochs", "batch_size", "lr", "weight_decay", "patience", "mixer", "l2", "k",
-                "shrinkage", "mask_prob")
+                "shrinkage", "mask_prob", "privacy_epsilon", "privacy_delta", "privacy_clip")
 _WEIGHT_DIGITS = 4
 MAX_SHOWN_HISTORY = 200
 
@@ -128,6 +128,9 @@ class ModelCard(BaseModel):
     metrics: dict[str, Any]
     validation: dict[str, Any] | None = None
     training: list[dict[str, Any]] = Field(description="Per-epoch loss (and validation metric)")
+    privacy: dict[str, Any] | None = Field(
+        None, description="User-level differential privacy of the weights (epsilon, delta, accountant, "
+                          "sample_rate, max_grad_norm, noise_multiplier, ...); null = not private")
 
 
 # ---- page and static files --------------------------------------------------------------------
@@ -246,6 +249,7 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
         "attention": model.supports(Capability.ATTENTION),
         "params": {k: params[k] for k in _CARD_PARAMS if k in params},
         "metrics": info.get("metrics") or {}, "validation": validation, "training": training,
+        "privacy": (config.get("extra") or {}).get("privacy"),
     }
     return FastJSON(to_jsonable(card))
 

@@ -107,6 +107,7 @@
         `${card.n_interactions.toLocaleString()} interactions`],
       ["Catalogue", card.has_catalogue ? `${card.categories.length} categories` : "none (ids only)"],
       ["Explanations", card.explain_method],
+      ["Privacy", privacyText(card.privacy)],
     ];
     const dl = el("dl", { class: "card" });
     for (const [k, v] of rows) dl.append(el("dt", { text: k }), el("dd", { text: String(v) }));
@@ -145,6 +146,13 @@
       el("details", { class: "sub" }, el("summary", { text: `Training settings (${params.length})` }), paramsDl, trainNode),
       el("details", { class: "sub", open: true }, el("summary", { text: "Offline metrics" }), metricsNode, valNode),
     );
+  }
+  function privacyText(p) {
+    if (!p) return "not differentially private";
+    return `user-level DP: ε = ${fmtNum(p.epsilon)} (target ${p.epsilon_target}), δ = ${p.delta.toExponential(2)}, ` +
+      `${p.accountant.toUpperCase()} accountant, sampling rate ${fmtNum(p.sample_rate)}, ` +
+      `clipping norm ${p.max_grad_norm}, noise multiplier ${fmtNum(p.noise_multiplier)}, ` +
+      `${p.steps}/${p.planned_steps} steps (weights only; the bundle's histories are raw data)`;
   }
   function fmtNum(x) { return typeof x === "number" ? x.toFixed(4) : "n/a"; }
 
