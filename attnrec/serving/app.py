@@ -8,7 +8,6 @@ import gc
 import inspect
 import logging
 import time
-
 from urllib.parse import quote, unquote
 
 from fastapi import FastAPI, Request, status
@@ -45,7 +44,7 @@ def _segment_path(raw_path: bytes) -> str:
     """
     segments = raw_path.decode("latin-1").split("/")
     return "/".join(quote(unquote(seg, encoding="utf-8", errors="replace"), safe="!$&'()*+,;=:@-._~ ")
-                    .replace("%20", " ") if "%" in seg else seg for seg in segments)
+                    if "%" in seg else seg for seg in segments)
 
 
 class ObservabilityMiddleware:

@@ -11,6 +11,8 @@ entries, so it refuses to start instead of serving deleted users again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -46,18 +48,38 @@ def read_erasures(bundle: Path, secret: bytes) -> set[str]:
 
 
 def write_erasures(bundle: Path, secret: bytes, digests: set[str]) -> bool:
-    """Replace the bundle's list with ``digests`` (atomic); False if the directory is read-only."""
+    """Add ``digests`` to the bundle's list; False if the directory is read-only.
+
+    Read, merge and atomic replace happen under a file lock, so workers deleting
+    users at the same moment never drop each other's entries.
+    """
     bundle = Path(bundle)
-    payload = json.dumps({"key_check": key_check(secret), "users": sorted(digests)}, indent=0)
     try:
-        fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".erasures-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, bundle / FILE_NAME)
-    except OSError as e:
+        with _locked(bundle):
+            merged = set(digests) | read_erasures(bundle, secret)
+            return _replace(bundle, secret, merged)
+    except (OSError, SecretMismatch) as e:
         log.error("could not record deletions next to the bundle (%s); they hold in this database "
                   "only, not in a fresh one", e)
         return False
+
+
+@contextlib.contextmanager
+def _locked(bundle: Path):
+    with open(bundle / ".erasures.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _replace(bundle: Path, secret: bytes, digests: set[str]) -> bool:
+    payload = json.dumps({"key_check": key_check(secret), "users": sorted(digests)}, indent=0)
+    fd, tmp = tempfile.mkstemp(dir=bundle, prefix=".erasures-", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, bundle / FILE_NAME)
     return True

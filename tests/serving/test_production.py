@@ -628,3 +628,31 @@ def test_filter_mask_caches_are_bounded_in_bytes(client, monkeypatch, shop_data)
     value = float(next(line.split()[1] for line in text.splitlines()
                        if line.startswith("attnrec_filter_cache_bytes ")))
     assert 0 < value <= 5 * n
+
+
+def test_erasure_list_merges_concurrent_writers(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from attnrec.serving.erasure import read_erasures, write_erasures
+
+    secret = b"s3cret"
+    digests = [f"{i:064x}" for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:  # workers deleting at the same moment
+        assert all(pool.map(lambda d: write_erasures(tmp_path, secret, {d}), digests))
+    assert read_erasures(tmp_path, secret) == set(digests)
+
+
+def test_read_only_bundle_still_deletes_and_says_so(make_client, ease_bundle, own_bundle, sqlite_url,
+                                                   shop_data, caplog, monkeypatch):
+    from attnrec.serving import erasure
+
+    c = make_client(own_bundle(ease_bundle), sqlite_url)
+    user = shop_data.user_map.to_raw(11)
+
+    def read_only(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(erasure.tempfile, "mkstemp", read_only)  # as on a read-only mount
+    assert c.delete(f"/users/{user}", headers=AUTH).status_code == 200
+    assert c.get(f"/users/{user}").status_code == 404
+    assert "could not record deletions next to the bundle" in caplog.text
