@@ -410,3 +410,13 @@ def test_the_page_asks_for_the_read_key(browser, ease_bundle_plain, tmp_path):
             assert "ease" in pg.inner_text("#model-card").lower()
         finally:
             p.close()
+
+
+def test_model_card_reads_the_test_figures_of_metrics_json():
+    from attnrec.serving.routers.explorer import _test_metrics
+
+    nested = {"protocol": "paper", "validation": {"metrics": {"NDCG@10": 0.07}},
+              "test": {"metrics": {"NDCG@10": 0.06}, "n_cases": 3}}
+    assert _test_metrics(nested) == {"NDCG@10": 0.06}  # what `attnrec train` writes
+    assert _test_metrics({"protocol": "none", "validation": None, "test": None}) == {}
+    assert _test_metrics({"NDCG@10": 0.5}) == {"NDCG@10": 0.5}  # older bundles: flat

@@ -248,7 +248,7 @@ async def model_card(request: Request, service: ServiceDep) -> FastJSON:
         "explain_method": snap.explain_method,
         "attention": model.supports(Capability.ATTENTION),
         "params": {k: params[k] for k in _CARD_PARAMS if k in params},
-        "metrics": info.get("metrics") or {}, "validation": validation, "training": training,
+        "metrics": _test_metrics(info.get("metrics") or {}), "validation": validation, "training": training,
         "privacy": (config.get("extra") or {}).get("privacy"),
     }
     return FastJSON(to_jsonable(card))
@@ -312,3 +312,9 @@ async def session_attention(request: Request, body: SessionAttentionRequest,
         h["live"] = False
     return FastJSON(out)
 
+
+def _test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The bundle's test figures: ``test.metrics`` of metrics.json (older bundles kept them flat)."""
+    if "test" in metrics or "validation" in metrics:
+        return (metrics.get("test") or {}).get("metrics") or {}
+    return metrics
