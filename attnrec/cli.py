@@ -402,6 +402,64 @@ def demo(
     console.print(f"\nnext: attnrec serve --model {report.bundle} --dev")
 
 
+# ---- continuous learning: the event store back into training (attnrec.continuous) ------------
+events_app = typer.Typer(help="The service's stored events.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+DB_URL = typer.Option(..., "--db", help="The service's database URL (e.g. sqlite:///.attnrec/events.db).")
+SERVICE_DIR = typer.Option(None, "--data-dir", help="The service's --data-dir (its secret.key; default .attnrec). ATTNREC_SECRET and ATTNREC_EVENT_TYPES are read as the service reads them.")
+
+
+def _guard_store(fn, *args, **kwargs):
+    """``_guard``, and a database that does not answer is one line too."""
+    from attnrec.serving.store import StoreUnavailable
+
+    try:
+        return _guard(fn, *args, **kwargs)
+    except StoreUnavailable as e:
+        _fail(str(e))
+
+
+@events_app.command("export")
+def events_export(
+    db: str = DB_URL,
+    out: Path = typer.Option(..., "--out", "-o", help="File to write: .parquet or .csv."),
+    positives_only: bool = typer.Option(False, "--positives-only", help="Leave out negative and exclude-only types (ATTNREC_EVENT_TYPES)."),
+    data_dir: Optional[Path] = SERVICE_DIR,
+) -> None:
+    """Stream the stored events (deleted users left out) to a file `attnrec train` reads."""
+    from attnrec.continuous import export_events, service_secret_and_types
+
+    secret, types = _guard(service_secret_and_types, db, data_dir)
+    counts = _guard_store(export_events, db, out, secret=secret, event_types=types, positives_only=positives_only)
+    console.print(f"wrote {counts['written']} events to {out} (left out: {counts['not_positive']} not positive)")
+
+
+@app.command()
+def retrain(
+    bundle: Path = typer.Option(..., "--bundle", help="The current bundle."),
+    db: str = DB_URL,
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the new bundle (may be --bundle itself: replaced atomically)."),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="Write the new bundle unless its NDCG@10 is below the current one's by more than this."),
+    warm_start: bool = typer.Option(False, "--warm-start", help="Fine-tune from the current weights instead of fitting from scratch."),
+    warm_epochs: Optional[int] = typer.Option(None, "--warm-epochs", help="Epochs of a warm-start fine-tune (default: the bundle's)."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Override one of the bundle's hyperparameters, key=value."),
+    threads: int = typer.Option(1, "--threads", help="Torch threads (keep serving responsive)."),
+    data_dir: Optional[Path] = SERVICE_DIR,
+) -> None:
+    """Retrain BUNDLE on its histories + the stored events; write it only if not worse on held-out latest events."""
+    from attnrec import continuous, pipeline
+
+    params = {k: v for pair in param for k, v in [_guard(pipeline.parse_kv, pair)]}
+    secret, types = _guard(continuous.service_secret_and_types, db, data_dir)
+    res = _guard_store(continuous.retrain, bundle, db, out, tolerance=tolerance, warm_start=warm_start,
+                 warm_epochs=warm_epochs, params=params, threads=threads, secret=secret, event_types=types)
+    console.print(res.summary(), highlight=False)
+    if not res.accepted:
+        err_console.print(f"not written: {bundle} stays the current bundle")
+        raise typer.Exit(code=1)
+    console.print(f"wrote {res.written} (events through id {res.last_event_id}, fit {res.fit_seconds:.1f}s)")
+
+
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf")
 
 

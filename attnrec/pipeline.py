@@ -48,6 +48,14 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_kv(pair: str) -> tuple[str, Any]:
+    """``"epochs=5"`` -> ``("epochs", 5)``."""
+    if "=" not in pair:
+        raise ValueError(f"--param expects key=value, got {pair!r}")
+    key, value = pair.split("=", 1)
+    return key, parse_value(value)
+
+
 def parse_params(pairs: Iterable[str], models: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Parse ``key=value`` / ``model.key=value`` options into per-model dicts.
 
@@ -58,8 +66,7 @@ def parse_params(pairs: Iterable[str], models: Sequence[str] | None = None) -> d
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"--param expects key=value or model.key=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        val = parse_value(value)
+        key, val = parse_kv(pair)
         if "." in key:
             model, key = key.split(".", 1)
             out.setdefault(model, {})[key] = val

@@ -79,7 +79,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 class TrainConfig:
     """Training options (each field is also a hyperparameter of the models trained here)."""
 
-    epochs: int = 200
+    epochs: int | str = 200  # a model may resolve "auto" from its data before training
     batch_size: int = 128  # training examples per step (the model's ``batches`` read it)
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -90,7 +90,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_dir: str | None = None
     resume: bool = False
-    bf16: bool = False
+    bf16: bool | str = False  # bf16 autocast; "auto" = when the CPU has native bf16 matmuls
     # torch.compile of the loss closure. Off by default: on this CPU machine 2 epochs of the tiny
     # test SASRec took 185 s with it (compilation + recompiles for varying batch shapes) vs ~1 s without.
     compile: bool = False
@@ -103,6 +103,11 @@ class TrainConfig:
     lr_decay_patience: int | None = None
     lr_decay_factor: float = 0.5
     lr_decay_epochs: tuple[int, ...] = ()
+    # per-epoch schedule of the rate over a fixed horizon (lr_schedule_epochs, default epochs):
+    # "constant", "cosine" (lr * (1 + cos(pi * (epoch - 1) / horizon)) / 2) or "linear" (to 0);
+    # a refit that stops early keeps the selection run's horizon, so its epochs get the same rates
+    lr_schedule: str = "constant"
+    lr_schedule_epochs: int | None = None
     # user-level differential privacy (attnrec.privacy; None or inf = off): target epsilon, delta
     # (None = 1 / n_users), per-user clipping norm, Opacus accountant, users per per-sample-gradient
     # micro-batch (bounds memory). Only models that pass a DPSGD hook to train() support it.
@@ -111,6 +116,41 @@ class TrainConfig:
     privacy_clip: float = 1.0
     privacy_accountant: str = "rdp"
     privacy_microbatch: int = 32
+
+
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_at(cfg: TrainConfig, epoch: int, n_decays: int = 0) -> float:
+    """The learning rate of (1-based) ``epoch`` after ``n_decays`` plateau/listed decays."""
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
+    horizon = max(1, int(cfg.lr_schedule_epochs or cfg.epochs))
+    frac = min(1.0, (epoch - 1) / horizon)
+    mult = {"constant": 1.0, "cosine": 0.5 * (1.0 + math.cos(math.pi * frac)), "linear": 1.0 - frac}
+    return cfg.lr * mult[cfg.lr_schedule] * cfg.lr_decay_factor ** n_decays
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmuls (AVX512-BF16 or AMX; read from /proc/cpuinfo).
+
+    Without them bf16 autocast is emulated and slower than float32, so ``bf16="auto"``
+    stays off.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_bf16(value: bool | str) -> bool:
+    """``True``/``False`` as given; ``"auto"`` = :func:`cpu_has_fast_bf16`."""
+    if value == "auto":
+        return cpu_has_fast_bf16()
+    if value not in (True, False):
+        raise ValueError(f"bf16 must be true, false or 'auto', got {value!r}")
+    return bool(value)
 
 
 @dataclass
@@ -169,6 +209,9 @@ def train(
     labels the log lines and the progress bar.
     """
     cfg = config
+    if not isinstance(cfg.epochs, int) or isinstance(cfg.epochs, bool):
+        raise ValueError(f"epochs must be an integer here, got {cfg.epochs!r} (a model resolves 'auto' "
+                         "from its data before training)")
     if not _takes_module(loss_fn):
         raise TypeError("loss_fn must take (module, batch) and run the forward through module "
                         "(under torch.distributed it is the DistributedDataParallel wrapper)")
@@ -220,7 +263,10 @@ def train(
     main = rank == 0
 
     autocast = (
-        (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if cfg.bf16 else (lambda: nullcontext())
+        # "auto" stays off under DP: per-user gradients are computed in float32
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if resolve_bf16(cfg.bf16) and (privacy is None or cfg.bf16 is True)
+        else (lambda: nullcontext())
     )
     t_train = time.perf_counter()
     pbar = None
@@ -235,6 +281,7 @@ def train(
             random.seed(es)
             torch.manual_seed(es)
             rng = np.random.default_rng(es)
+            optimizer.set_lr(lr_at(cfg, epoch, len(result.lr_decays)))
             module.train()
             total, n = 0.0, 0
             for batch in dist_utils.shard(batches(epoch, rng), rank, world):
@@ -337,7 +384,7 @@ def _check_private(cfg: TrainConfig, evaluate: Callable[[], float] | None) -> No
                          "validation (early stopping would spend privacy budget unaccounted)")
     if dist_utils.world_size() > 1:
         raise ValueError("differential privacy is single-process: run without torchrun")
-    bad = [name for name, on in (("bf16", cfg.bf16), ("compile", cfg.compile),
+    bad = [name for name, on in (("bf16", cfg.bf16 is True), ("compile", cfg.compile),
                                  ("resume", cfg.resume)) if on]
     if bad:
         raise ValueError(f"{', '.join(bad)} cannot be combined with privacy_epsilon "
@@ -375,6 +422,11 @@ class _Optimizer:
     def step(self) -> None:
         for o in self.optimizers:
             o.step()
+
+    def set_lr(self, lr: float) -> None:
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] = lr
 
     def scale_lr(self, factor: float) -> None:
         for o in self.optimizers:

@@ -34,6 +34,7 @@ from attnrec.benchmarking import load_split
 from attnrec.evaluation import evaluate, validation_metric
 from attnrec.models.batching import training_windows
 from attnrec.models.sasrec import SASRec
+from attnrec.training import resolve_bf16
 
 log = logging.getLogger("beauty_attention")
 
@@ -75,7 +76,7 @@ def timing_only(args, p: dict, split, fl: dict, thr: dict) -> dict:
     m = SASRec(**{**p, "epochs": args.timing_epochs, "patience": None}).fit(split.train_full)
     # throughput again after the run: keep the best measurement (the tightest bound)
     thr2 = measure_throughput(p["d_model"], split.train_full.n_items, p["ce_chunk"],
-                              torch.bfloat16 if p["bf16"] else torch.float32)
+                              torch.bfloat16 if resolve_bf16(p["bf16"]) else torch.float32)
     best = {k: max(thr[k], thr2[k]) for k in ("logits_gflops", "encoder_gflops")}
     bound = fl["encoder"] / (best["encoder_gflops"] * 1e9) + fl["logits"] / (best["logits_gflops"] * 1e9)
     secs = [h["seconds"] for h in m.history_]
@@ -88,6 +89,27 @@ def timing_only(args, p: dict, split, fl: dict, thr: dict) -> dict:
     print(f"epoch seconds {['%.1f' % x for x in secs]}; lower bound {bound:.2f}s "
           f"({fl['total'] / 1e9:.0f} GFLOP at {best['logits_gflops']:.0f}/{best['encoder_gflops']:.0f} GFLOP/s "
           f"logits/encoder, {thr['dtype']}, {args.threads} threads); ratio {steady / bound:.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=2, default=float))
+    return out
+
+
+def refit_only(args, p: dict, split) -> dict:
+    """The refit half of the protocol, for a best epoch count chosen by an earlier selection run."""
+    t0 = time.perf_counter()
+    refit = {**p, "epochs": args.refit_only, "patience": None, "max_seconds": None,
+             "lr_schedule_epochs": p.get("lr_schedule_epochs") or p["epochs"]}
+    final = SASRec(**refit).fit(split.train_full)
+    t_refit = time.perf_counter() - t0
+    if args.save:
+        final.save(args.save + "-refit")
+    res = evaluate(final, split.test, ks=(5, 10, 20))
+    out = {"command": "python benchmarks/beauty_attention.py " + " ".join(sys.argv[1:]),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "protocol": "refit", "refit_epochs": args.refit_only,
+           "params": {k: v for k, v in refit.items() if k not in ("progress", "checkpoint_dir", "resume")},
+           "test": {k: res.metrics[k] for k in ["HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20"]},
+           "refit_seconds": t_refit, "history": final.history_}
+    print("refit test: " + "  ".join(f"{k} {v:.4f}" for k, v in out["test"].items()) + f"; refit {t_refit:.0f}s")
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2, default=float))
     return out
@@ -136,8 +158,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--protocol", choices=["refit", "train-only"], default="refit")
     ap.add_argument("--max-seconds", type=float, help="wall budget per training phase")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--save", help="save the selected (train-only) model as a bundle here, and the "
+                                   "refitted one under <dir>-refit")
     ap.add_argument("--checkpoint-dir", help="checkpoint each epoch here and resume from it if present")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other SASRec hyperparameter, e.g. -p training=prefixes -p align=right")
+    ap.add_argument("--refit-only", type=int, metavar="EPOCHS",
+                    help="skip the selection: refit on train+valid for EPOCHS (the best epoch an earlier "
+                         "selection run with the same options chose) and test")
     ap.add_argument("--timing-epochs", type=int,
                     help="only time this many epochs on train_full (no evaluation) against the lower bound")
     args = ap.parse_args(argv)
@@ -157,6 +186,11 @@ def main(argv=None) -> dict:
         params["pre_ln"] = False
     if args.separate_output:
         params["shared_embeddings"] = False
+    from attnrec.pipeline import parse_value
+
+    for pair in args.param:
+        key, _, value = pair.partition("=")
+        params[key] = parse_value(value)
     params["num_threads"] = args.threads
     if args.checkpoint_dir:
         params.update(checkpoint_dir=str(Path(args.checkpoint_dir) / "select"), resume=True)
@@ -167,7 +201,7 @@ def main(argv=None) -> dict:
     t_all = time.perf_counter()
     data, split = load_split(args.data)  # the library loader: ids as in the file
     V = data.n_items
-    dtype = torch.bfloat16 if p["bf16"] else torch.float32
+    dtype = torch.bfloat16 if resolve_bf16(p["bf16"]) else torch.float32
     thr = measure_throughput(p["d_model"], V, p["ce_chunk"], dtype)
     _, lens_full = training_windows(split.train_full, p["max_len"])
     fl = epoch_flops(lens_full, p["d_model"], p["n_layers"], V, p["loss"], p["n_negatives"])
@@ -177,6 +211,9 @@ def main(argv=None) -> dict:
 
     if args.timing_epochs:
         return timing_only(args, p, split, fl, thr)
+
+    if args.refit_only:
+        return refit_only(args, p, split)
 
     # 1. model selection on the validation split
     t0 = time.perf_counter()
@@ -188,6 +225,8 @@ def main(argv=None) -> dict:
     sel_test = evaluate(model, split.test, ks=(5, 10, 20))
     log.info("early-stopped model (trained on train only) on test: %s",
              {k: round(v, 4) for k, v in sel_test.metrics.items() if k.split("@")[0] in ("HR", "NDCG")})
+    if args.save:
+        model.save(args.save)
     final = model
     t_refit = 0.0
     if args.protocol == "refit":
@@ -197,6 +236,8 @@ def main(argv=None) -> dict:
             refit["checkpoint_dir"] = str(Path(args.checkpoint_dir) / "refit")
         final = SASRec(**refit).fit(split.train_full)
         t_refit = time.perf_counter() - t0
+        if args.save:
+            final.save(args.save + "-refit")
     # throughput again after training (the machine is shared): keep the best = tightest bound
     thr2 = measure_throughput(p["d_model"], V, p["ce_chunk"], dtype)
     thr = {**thr, **{k: max(thr[k], thr2[k]) for k in ("logits_gflops", "encoder_gflops")}}

@@ -31,13 +31,9 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attnrec.benchmarking import DATASETS, REPO, shared_data
+from attnrec.pipeline import parse_value
 
-from attnrec.pipeline import parse_value  # noqa: E402
-
-DATA_DIR = ROOT.parent / "shared" / "data"  # --data-dir from a worktree elsewhere
-DATASETS = {"ml-100k": "ml-100k/ml-100k.inter", "beauty": "beauty.txt"}
 log = logging.getLogger("privacy_bench")
 
 
@@ -80,7 +76,7 @@ def run_one(data: str, data_dir: Path, model_name: str, epsilon: float, epochs: 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="ml-100k", help="ml-100k, beauty or a path")
-    ap.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    ap.add_argument("--data-dir", type=Path, default=shared_data())
     ap.add_argument("--model", default="sasrec", choices=["sasrec", "bert4rec"])
     ap.add_argument("--epsilons", default="1,4,8,inf")
     ap.add_argument("--epochs", type=int, default=40, help="fixed in advance (no validation)")
@@ -110,7 +106,7 @@ def main(argv=None) -> list[dict]:
                "--threads", str(args.threads), "--child", f"{model}:{tmp}"]
         for kv in args.param:
             cmd += ["-p", kv]
-        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         r = json.loads(Path(tmp).read_text())
         os.unlink(tmp)
         results.append(r)

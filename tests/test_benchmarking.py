@@ -23,7 +23,7 @@ def test_dataset_paths_follow_the_environment(tmp_path, monkeypatch, small_synth
     assert benchmarking.load(path).n_interactions == len(small_synthetic.log)
 
 
-SCRIPTS = ("beauty_attention", "beauty_bert4rec", "cold_start", "two_stage", "scale", "sasrec_losses")
+SCRIPTS = ("beauty_attention", "beauty_bert4rec", "cold_start", "two_stage", "scale", "sasrec_losses", "privacy")
 
 
 def test_scripts_run_without_path_edits(tmp_path):

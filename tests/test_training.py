@@ -1,5 +1,6 @@
 """The shared training loop: determinism, early stopping, checkpoint + resume, history."""
 
+import pytest
 import numpy as np
 import pytest
 import torch
@@ -121,6 +122,30 @@ def test_refit_params_replay_the_decays_before_the_best_epoch():
     m.best_epoch_, m.lr_decays_, m.n_items_ = 12, [5, 9, 14], 3
     p = m.refit_params()
     assert p["epochs"] == 12 and p["lr_decay_epochs"] == [5, 9] and p["lr_decay_patience"] is None
+
+
+def test_lr_schedules_hand_computed_and_refit_keeps_the_horizon():
+    from attnrec.models import SASRec
+    from attnrec.training import lr_at
+
+    c = cfg(epochs=4, lr=1.0, lr_schedule="cosine")
+    assert [round(lr_at(c, e), 6) for e in (1, 2, 3, 4)] == [1.0, 0.853553, 0.5, 0.146447]
+    assert [lr_at(cfg(epochs=4, lr=2.0, lr_schedule="linear"), e) for e in (1, 3)] == [2.0, 1.0]
+    assert lr_at(cfg(epochs=4, lr=1.0, lr_schedule="cosine", lr_schedule_epochs=8), 5) == 0.5
+    assert lr_at(cfg(epochs=4, lr=1.0), 3, n_decays=2) == 0.25  # constant rate, two plateau halvings
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        lr_at(cfg(lr_schedule="step"), 1)
+    m = SASRec(epochs=40, lr_schedule="cosine")
+    m.best_epoch_, m.lr_decays_, m.n_items_ = 25, [], 3
+    p = m.refit_params()
+    assert p["epochs"] == 25 and p["lr_schedule_epochs"] == 40  # the refit's epoch 25 gets epoch 25's rate
+    # the optimiser follows the schedule: with lr 0 from epoch 2 on (linear over 1 epoch) nothing moves
+    m2, b2, l2 = make_problem()
+    train(m2, b2, l2, cfg(epochs=1))
+    after_one = {k: v.clone() for k, v in m2.state_dict().items()}
+    m3, b3, l3 = make_problem()
+    train(m3, b3, l3, cfg(epochs=3, lr_schedule="linear", lr_schedule_epochs=1))
+    assert all(torch.allclose(v, m3.state_dict()[k]) for k, v in after_one.items())
 
 
 def test_module_with_only_sparse_parameters_trains():

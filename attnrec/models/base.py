@@ -5,9 +5,13 @@ In the spirit of scikit-learn / implicit:
 * the constructor only stores hyperparameters (``get_params`` returns them);
 * ``fit(data, valid=None) -> self`` learns; learned state ends in ``_``;
 * ``score(histories)`` returns full-catalogue scores, ``(B, n_items + 1)``,
-  column 0 (padding) is ``-inf``;
+  column 0 (padding) is ``-inf``; an empty history gets the one popularity
+  fallback (:func:`popularity_scores`); subclasses implement ``_score``;
 * ``recommend(histories, k, ...)`` returns dense ids and scores of the top-k
-  with already-seen items excluded by default;
+  with already-seen items excluded by default (:mod:`attnrec.ranking`);
+* anything more is an optional capability the model *declares* in
+  ``capabilities`` (:mod:`attnrec.models.capabilities`); ``supports(cap)``
+  answers callers, and an undeclared one raises :class:`CapabilityError`;
 * ``save(dir)`` / ``load(dir)`` write and read a self-describing bundle
   directory: ``config.json`` (class, hyperparameters, sizes), id maps as JSON,
   tensors as safetensors and the fit sequences as ``.npz`` — no pickle.
@@ -299,6 +303,10 @@ class Recommender:
         Column 0 is ``-inf``; callers exclude the item itself when ranking.
         """
         raise self._refuse(Capability.SIMILAR_ITEMS, "it has no item-item similarity")
+
+    def warm_start_from(self, fitted: "Recommender") -> "Recommender":
+        """``WARM_START``: make the next ``fit`` start from ``fitted``'s weights; returns self."""
+        raise self._refuse(Capability.WARM_START, "it is fitted from scratch every time")
 
     # ---- persistence -----------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:

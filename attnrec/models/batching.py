@@ -8,7 +8,10 @@
   inside groups of 64 batches: batches carry little padding and still come in
   random order.
 * :func:`window_ids` gathers a batch of windows as a right-padded ``(B, T)`` id
-  matrix; :func:`pad_right` does the same for inference histories.
+  matrix (left-padded for right-aligned positions); :func:`pad_right` /
+  :func:`pad_left` do the same for inference histories.
+* :func:`training_prefixes`: SASRec's ``training="prefixes"`` samples, one per
+  target, its input the items before it.
 
 Windows are right-padded: with causal attention a real position never sees a
 padding key, and position ``t`` carries the same positional embedding in
@@ -72,13 +75,39 @@ def length_grouped_batches(lens: np.ndarray, batch_size: int, rng: np.random.Gen
         yield chunks[j]
 
 
-def window_ids(items: np.ndarray, starts: np.ndarray, lens: np.ndarray
+def training_prefixes(data: SequenceData, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts, lengths)`` of SASRec's prefix samples: input ``items[s:s+n]``, target ``items[s+n]``.
+
+    One sample per target (every item but each sequence's first); its input is
+    the at most ``max_len`` items before it.
+    """
+    seq_start = np.repeat(data.indptr[:-1], np.diff(data.indptr))  # sequence start of every item
+    ends = np.arange(len(data.items), dtype=np.int64)
+    keep = ends > seq_start
+    ends = ends[keep]
+    lens = np.minimum(ends - seq_start[keep], max_len).astype(np.int64)
+    return ends - lens, lens
+
+
+def window_ids(items: np.ndarray, starts: np.ndarray, lens: np.ndarray, left: bool = False
                ) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids (B, T), real (B, T))``: ``items[s : s + n]`` per window, right-padded with 0."""
+    """``(ids (B, T), real (B, T))``: ``items[s : s + n]`` per window, padded with 0 (on the left if ``left``)."""
     T = int(lens.max())
-    real = np.arange(T)[None, :] < lens[:, None]  # (B, T)
-    pos = np.where(real, starts[:, None] + np.arange(T), 0)
+    off = np.arange(T)[None, :] - (T - lens[:, None] if left else 0)  # (B, T) offset into each window
+    real = (off >= 0) & (off < lens[:, None])
+    pos = np.where(real, starts[:, None] + off, 0)
     return np.where(real, items[pos], 0), real
+
+
+def pad_left(histories: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last ``max_len`` items of each history, left-padded (newest item in the last column)."""
+    lens = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
+    T = max(1, int(lens.max()) if len(lens) else 0)
+    seq = np.zeros((len(histories), T), dtype=np.int64)
+    for i, h in enumerate(histories):
+        if lens[i]:
+            seq[i, T - lens[i]:] = np.asarray(h[-lens[i]:], dtype=np.int64)
+    return torch.from_numpy(seq), torch.from_numpy(lens)
 
 
 def pad_right(histories: Sequence[np.ndarray], max_len: int, extra: int = 0

@@ -241,7 +241,7 @@ class BERT4Rec(NeuralSequenceModel):
     # ---- fitting ---------------------------------------------------------
     def _fit(self, data: SequenceData, valid: EvalSet | None, metric: ValidationMetric | None) -> None:
         torch.manual_seed(self.seed)
-        self.net_ = self._build(data.n_items)
+        self.net_ = self._build_for_fit(data)
         if self.private:
             return self._fit_private(data)
         starts, lens = cloze_windows(data, self.max_len)

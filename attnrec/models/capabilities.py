@@ -21,6 +21,9 @@ capability                methods (on ``Recommender``)
                           stopping on validation, then a refit on train + valid
 ``ADD_ITEMS``             ``add_items(rows)``: new catalogue items without retraining
 ``SIMILAR_ITEMS``         ``similar_scores(items)``: a real item-item similarity
+``WARM_START``            ``warm_start_from(fitted)``: the next ``fit`` starts from
+                          a fitted model's weights (fine-tuning; item rows
+                          matched by raw id, new items freshly initialised)
 ========================  =====================================================
 
 The popularity fallback is not optional: every model scores an empty history
@@ -43,6 +46,7 @@ class Capability(str, enum.Enum):
     REFIT = "refit"
     ADD_ITEMS = "add_items"
     SIMILAR_ITEMS = "similar_items"
+    WARM_START = "warm_start"
 
 
 #: the methods a model must implement for each capability it declares
@@ -53,6 +57,7 @@ CAPABILITY_METHODS: dict[Capability, tuple[str, ...]] = {
     Capability.REFIT: ("refit_params", "training_summary"),
     Capability.ADD_ITEMS: ("add_items",),
     Capability.SIMILAR_ITEMS: ("similar_scores",),
+    Capability.WARM_START: ("warm_start_from",),
 }
 
 

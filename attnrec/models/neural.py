@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from attnrec import privacy as dp
-from attnrec.data.dataset import EvalSet
+from attnrec.data.dataset import EvalSet, IdMap, SequenceData
 from attnrec.jsonable import to_jsonable
 from attnrec.models import attribution
 from attnrec.models.base import Recommender
@@ -80,8 +80,10 @@ class TrainedModel(Recommender):
         self._check_fitted()
         best = max(1, int(self.best_epoch_))
         decays = [e for e in (getattr(self, "lr_decays_", None) or []) if e < best]
+        # a scheduled rate keeps the selection run's horizon: refit epoch e gets epoch e's rate
+        horizon = self.lr_schedule_epochs or int(self.train_config().epochs)
         return {"epochs": best, "patience": None, "max_seconds": None,
-                "lr_decay_patience": None, "lr_decay_epochs": decays}
+                "lr_decay_patience": None, "lr_decay_epochs": decays, "lr_schedule_epochs": horizon}
 
     def training_summary(self) -> dict[str, Any]:
         """The last fit's chosen epoch, its validation metric (None without validation) and curve."""
@@ -159,16 +161,26 @@ class NeuralSequenceModel(TrainedModel):
 
     sequential = True
     capabilities = TrainedModel.capabilities | {Capability.EXPLAIN, Capability.VECTORS,
-                                                Capability.ATTENTION, Capability.SIMILAR_ITEMS}
+                                                Capability.ATTENTION, Capability.SIMILAR_ITEMS,
+                                                Capability.WARM_START}
     explain_method = "attention"
     #: ATTENTION: whether a position attends only to itself and earlier positions
     attention_causal: ClassVar[bool] = True
     #: ATTENTION: positions the network appends after the history (BERT4Rec's [MASK])
     attention_extra: ClassVar[int] = 0
     net_: torch.nn.Module
+    _warm_from: "NeuralSequenceModel | None" = None
 
     def _build(self, n_items: int) -> torch.nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _build_for_fit(self, data: SequenceData) -> torch.nn.Module:
+        """``_build`` for a fit on ``data``, starting from the warm-start model's weights if any."""
+        net = self._build(data.n_items)
+        warm, self._warm_from = self._warm_from, None
+        if warm is not None:
+            net.load_state_dict(_transplant(warm, data.item_map, net.state_dict()))
+        return net
 
     def encode(self, histories: Sequence[np.ndarray]) -> torch.Tensor:  # pragma: no cover - abstract
         """Query vectors ``(B, d')`` whose dot products with ``net_.output_weight()`` are the scores."""
@@ -203,6 +215,14 @@ class NeuralSequenceModel(TrainedModel):
         return (q @ self.net_.output_weight().T).float()  # (B, V + 1)
 
     # ---- capabilities ----------------------------------------------------
+    def warm_start_from(self, fitted: Recommender) -> "NeuralSequenceModel":
+        """The next ``fit`` starts from ``fitted``'s network (same class and architecture)."""
+        if type(fitted) is not type(self):
+            raise TypeError(f"a {type(self).__name__} cannot start from a {type(fitted).__name__}")
+        fitted._check_fitted()
+        self._warm_from = fitted
+        return self
+
     @torch.no_grad()
     def item_vectors(self) -> np.ndarray:
         self._check_fitted()
@@ -253,6 +273,39 @@ class NeuralSequenceModel(TrainedModel):
         self.net_ = self._build(self.n_items_)
         self.net_.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         self.net_.eval()
+
+
+def _transplant(old: NeuralSequenceModel, item_map: IdMap,
+               fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``fresh`` (a new network's state) with ``old``'s weights where they fit.
+
+    Item tables (row 0 padding, one row per item, maybe one special row after it
+    such as BERT4Rec's [MASK]) are moved row by row to ``item_map``'s ids by raw
+    id; items ``old`` does not know keep their fresh init. Other tensors are
+    copied when the shapes agree.
+    """
+    src = np.asarray([old.item_map_.get(r, -1) for r in item_map.raw_ids], dtype=np.int64)
+    have = torch.from_numpy(np.nonzero(src >= 0)[0] + 1)
+    take = torch.from_numpy(src[src >= 0])
+    n_old = int(old.n_items_)
+    out = {}
+    for k, v in fresh.items():
+        w = old.net_.state_dict().get(k)
+        if w is None or w.ndim == 0:
+            out[k] = w.clone() if w is not None and w.shape == v.shape else v
+            continue
+        extra = w.shape[0] - (n_old + 1)
+        if (extra in (0, 1) and "pos" not in k and v.shape[0] == len(item_map) + 1 + extra
+                and w.shape[1:] == v.shape[1:]):
+            moved = v.clone()
+            moved[0] = w[0]
+            moved[have] = w[take]
+            if extra:
+                moved[-1] = w[-1]
+            out[k] = moved
+        else:
+            out[k] = w.clone() if w.shape == v.shape else v
+    return out
 
 
 def _option_defaults(config: type[TrainConfig]) -> list[tuple[dataclasses.Field, Any]]:

@@ -13,6 +13,11 @@ exponentially decaying average over the prefix with a learned time constant)
 plus a learned per-channel re-weighting of the high-frequency residual,
 ``alpha * (low + beta * (x - low)) + (1 - alpha) * attention(x)``. (BSARec's
 FFT filter is not causal, so it cannot be trained on all positions at once.)
+
+``align`` places the positional indices: ``"left"`` = right-padded input, the
+oldest item of a window at index 0; ``"right"`` = left-padded input, the newest
+item always at index ``max_len - 1`` (padding keys are masked, in attention and
+in the low-pass branch).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnrec.models.attention import AttentionConfig, BlockStack, TransformerBlock, init_weights
+from attnrec.models.attention import AttentionConfig, BlockStack, Dropout, TransformerBlock, init_weights
 
 MIXERS = ("none", "lowpass")
+ALIGNS = ("left", "right")
 
 
 @dataclass
@@ -41,6 +47,9 @@ class SASRecConfig:
     mixer: str = "none"  # "none" | "lowpass" (a causal low-pass branch beside attention)
     alpha: float = 0.5  # weight of the mixer branch
     sparse_grad: bool = False  # item tables get row-sparse gradients (SparseAdam in the training loop)
+    align: str = "left"  # "left": oldest item at position 0; "right": newest item at position max_len - 1
+    emb_ln: bool = False  # LayerNorm on item + position embeddings (BSARec/BERT style)
+    scale_emb: bool = True  # item embeddings times sqrt(d_model) before the positions are added
 
 
 class CausalLowPass(nn.Module):
@@ -57,13 +66,18 @@ class CausalLowPass(nn.Module):
         self.log_tau = nn.Parameter(torch.tensor(math.log(tau0)))
         self.beta = nn.Parameter(torch.zeros(1, 1, d_model))  # starts with no high-frequency part
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         T = x.shape[1]
         t = torch.arange(T, device=x.device, dtype=x.dtype)
         lag = t[:, None] - t[None, :]  # (T, T)
         w = torch.exp(-lag.clamp(min=0) / self.log_tau.exp().to(x.dtype)) * (lag >= 0)
-        w = w / w.sum(1, keepdim=True)  # (T, T) rows sum to 1
-        low = torch.einsum("ts,bsd->btd", w, x)  # (B, T, d)
+        if key_padding_mask is None:
+            w = w / w.sum(1, keepdim=True)  # (T, T) rows sum to 1
+            low = torch.einsum("ts,bsd->btd", w, x)  # (B, T, d)
+        else:  # left padding: padding keys get no weight
+            w = w[None] * (~key_padding_mask)[:, None, :].to(x.dtype)  # (B, T, T)
+            w = w / w.sum(2, keepdim=True).clamp_min(1e-12)
+            low = torch.einsum("bts,bsd->btd", w, x)  # (B, T, d)
         return low + self.beta * (x - low)
 
 
@@ -74,12 +88,15 @@ class SASRecNet(nn.Module):
         super().__init__()
         if cfg.mixer not in MIXERS:
             raise ValueError(f"mixer must be one of {MIXERS}, got {cfg.mixer!r}")
+        if cfg.align not in ALIGNS:
+            raise ValueError(f"align must be one of {ALIGNS}, got {cfg.align!r}")
         att = cfg.attention
         d = att.d_model
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0, sparse=cfg.sparse_grad)
         self.pos_emb = nn.Embedding(cfg.max_len, d)
-        self.emb_drop = nn.Dropout(att.dropout)
+        self.emb_ln = nn.LayerNorm(d, eps=att.layer_norm_eps) if cfg.emb_ln else nn.Identity()
+        self.emb_drop = Dropout(att.dropout)
         self.blocks = BlockStack(
             TransformerBlock(att, mixer=CausalLowPass(d) if cfg.mixer == "lowpass" else None, alpha=cfg.alpha)
             for _ in range(cfg.n_layers)
@@ -102,11 +119,19 @@ class SASRecNet(nn.Module):
         return self.item_emb(seq)
 
     def forward(self, seq: torch.Tensor, need_weights: bool = False):
-        """``seq`` (B, T) right-padded item ids -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
+        """``seq`` (B, T) padded item ids (see ``align``) -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
         T = seq.shape[1]
-        x = self.embed(seq) * math.sqrt(self.cfg.attention.d_model)  # (B, T, d)
-        x = self.emb_drop(x + self.pos_emb.weight[:T])  # (B, T, d)
-        # right padding + causal mask: a real position never sees a padding key
-        x, weights = self.blocks(x, causal=True, need_weights=need_weights)  # (B, T, d)
+        x = self.embed(seq)  # (B, T, d)
+        if self.cfg.scale_emb:
+            x = x * math.sqrt(self.cfg.attention.d_model)
+        if self.cfg.align == "right":
+            x = x + self.pos_emb.weight[self.cfg.max_len - T:]  # newest item at index max_len - 1
+            pad = seq == 0  # (B, T) left padding: causal alone would let queries see it
+            pad = pad if bool(pad.any()) else None
+        else:
+            x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key
+            pad = None
+        x = self.emb_drop(self.emb_ln(x))  # (B, T, d)
+        x, weights = self.blocks(x, causal=True, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
         x = self.ln_f(x)
         return (x, weights) if need_weights else x

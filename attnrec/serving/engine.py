@@ -118,6 +118,14 @@ class ModelSnapshot:
         self.item_map = model.item_map_
         self.user_map = model.user_map_
         self.model_name = model.model_name
+        # the stored events this bundle already contains (written by `attnrec retrain`):
+        # only later ones are appended to a user's fit-time history
+        from attnrec.continuous import LAST_EVENT_ID, STORE_ID
+
+        info = config.get("info") or {}
+        self.event_store_id: str | None = info.get(STORE_ID)
+        self.last_event_id = int(info.get(LAST_EVENT_ID) or 0)
+        self.included_event_id = 0  # set by bind_store before the snapshot is served
         self.item_counts = np.asarray(model.item_counts_, dtype=np.float32)
         self._raw_items = np.asarray(self.item_map.raw_ids, dtype=object)
         self._build_categories()
@@ -146,6 +154,12 @@ class ModelSnapshot:
     def fit_history(self, user: str) -> np.ndarray | None:
         u = self.user_map.get(user)
         return None if u is None else self.model.user_history(u)
+
+    def bind_store(self, store_id: str) -> "ModelSnapshot":
+        """Serve against the event store ``store_id``: stored events with an id up to
+        ``included_event_id`` are in the fit-time histories already (ids of another store are not)."""
+        self.included_event_id = self.last_event_id if self.event_store_id == store_id else 0
+        return self
 
     def item_info(self, raw: str) -> CatalogueEntry | None:
         return self.catalogue.get(raw) if self.catalogue is not None else None

@@ -49,14 +49,15 @@ _ARRAY_BYTES = 3 * 112  # numpy array headers
 class UserEntry:
     """A user's stored events (event-time order) and memoised derivations."""
 
-    __slots__ = ("events", "ids", "items", "negatives", "excluded", "tombstoned", "_seq", "recs",
-                 "nbytes", "unaccounted")
+    __slots__ = ("events", "ids", "items", "item_ids", "negatives", "excluded", "tombstoned", "_seq",
+                 "recs", "nbytes", "unaccounted")
 
     def __init__(self, events: tuple[StoredEvent, ...], tombstoned: bool, types: EventTypes):
         self.events = events
         self.ids = frozenset(e.id for e in events)
         kinds = [types.kind(e.event_type) for e in events]
         self.items = tuple(e.item for e, k in zip(events, kinds) if k is Kind.POSITIVE)
+        self.item_ids = tuple(e.id for e, k in zip(events, kinds) if k is Kind.POSITIVE)
         self.negatives = tuple(sorted({e.item for e, k in zip(events, kinds) if k is Kind.NEGATIVE}))
         self.excluded = tuple(sorted({e.item for e, k in zip(events, kinds) if k is Kind.EXCLUDE}))
         self.tombstoned = tombstoned  # deleted once: the bundle's fit history stays hidden
@@ -77,7 +78,11 @@ class UserEntry:
         if memo is not None and memo[0] == snap.version:
             return memo
         fit = None if self.tombstoned else snap.fit_history(user)
-        stored, _ = snap.encode_items(self.items)
+        # a retrained bundle's histories already hold the stored events up to its last event id:
+        # append only later ones (a user without fit history has none of them inside)
+        through = snap.included_event_id if fit is not None else 0
+        items = self.items if not through else [i for i, e in zip(self.items, self.item_ids) if e > through]
+        stored, _ = snap.encode_items(items)
         seq = stored if fit is None else np.concatenate([np.asarray(fit, dtype=np.int64), stored])
         negatives, _ = snap.encode_items(self.negatives)
         excluded, _ = snap.encode_items(self.excluded)
@@ -122,12 +127,14 @@ class RecService:
         # cross-worker sync: event ids already applied here, with their arrival time
         self._applied: dict[int, float] = {}
         self._synced_at = time.time()
+        self.store_id = ""
 
     # ---- lifecycle ---------------------------------------------------------
     def start(self) -> None:
         s = self.settings
         self._secret = s.tombstone_secret()
         self.store = EventStore(s.resolved_database_url, secret=self._secret, timeout_s=s.db_timeout_s)
+        self.store_id = self.store.store_id()
         self._synced_at = time.time()
         self._deleted = self.store.deleted_digests()
         self._has_events = self.store.users_with_events()
@@ -152,6 +159,7 @@ class RecService:
         if trained is not None and trained != self.settings.event_types:
             log.warning("the bundle was trained with event types %s, the service declares %s",
                         trained, self.settings.event_types)
+        snap.bind_store(self.store_id)
         self.current = snap
         self.metrics.set_model(snap.version, snap.model_name, time.time())
         self._watched = _stat(snap.path)

@@ -85,6 +85,15 @@ tombstones = Table(
     Column("deleted_at", Float(53), nullable=False, index=True),
 )
 
+# one row: a random id naming this store, so a bundle's "events up to id N" is only
+# applied against the store those ids came from (a fresh database restarts ids)
+store_meta = Table(
+    "store_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
 catalogue = Table(
     "catalogue",
     metadata,
@@ -384,6 +393,20 @@ class EventStore:
     def count_events(self) -> int:
         with self._guard("count events"), self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(events)).scalar_one())
+
+    def store_id(self) -> str:
+        """This store's random identity (created on first use)."""
+        import uuid
+
+        q = select(store_meta.c.value).where(store_meta.c.key == "store_id")
+        with self._guard("store id"), self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is not None:
+            return row[0]
+        with self._guard("store id", write=True), self.engine.begin() as conn:
+            conn.execute(self._insert(store_meta).on_conflict_do_nothing(index_elements=["key"]),
+                         [{"key": "store_id", "value": uuid.uuid4().hex}])
+            return conn.execute(q).scalar_one()
 
     def max_event_id(self) -> int:
         """The largest event row id so far (0 when empty)."""

@@ -147,11 +147,13 @@ def _undeclared_calls(model, hist):
         Capability.REFIT: lambda: (model.refit_params(), model.training_summary()),
         Capability.ADD_ITEMS: lambda: model.add_items([{"item_id": "brand-new"}]),
         Capability.SIMILAR_ITEMS: lambda: model.similar_scores([1]),
+        Capability.WARM_START: lambda: type(model)().warm_start_from(model),
     }
 
 
 @pytest.mark.parametrize("name,cap", CAPABILITY_CASES, ids=[f"{n}-{c.value}" for n, c in CAPABILITY_CASES])
-def test_declared_capability_works_and_undeclared_is_refused(name, cap, fitted, split, offline_text):
+def test_declared_capability_works_and_undeclared_is_refused(name, cap, fitted, split, offline_text,
+                                                            small_synthetic):
     model = fitted[name]
     hist = [split.test.history(i) for i in range(6)]
     n_cols = split.train_full.n_items + 1
@@ -212,6 +214,16 @@ def test_declared_capability_works_and_undeclared_is_refused(name, cap, fitted, 
         assert grown.item_map_.get("brand-new-item") == n_cols
         assert grown.score(hist).shape == (len(hist), n_cols + 1)
         assert model.n_items_ == n_cols - 1, "the original model is unchanged"
+    elif cap is Capability.WARM_START:
+        # a fit that cannot move the weights (learning rate 0) scores exactly like the model it started from
+        warm = type(model)(**{**model.get_params(), "epochs": 1, "lr": 0.0, "patience": None})
+        if model.supports(Capability.ADD_ITEMS):  # content models: the same catalogue
+            warm.set_item_features(small_synthetic.catalogue)
+        assert warm.warm_start_from(model) is warm
+        warm.fit(split.train_full)
+        torch.testing.assert_close(warm.score(hist), model.score(hist))
+        with pytest.raises(TypeError, match="cannot start from"):
+            warm.warm_start_from(fitted["pop"])
     elif cap is Capability.SIMILAR_ITEMS:
         s = model.similar_scores([1, 2])
         assert s.shape == (2, n_cols) and torch.isneginf(s[:, 0]).all()

@@ -185,3 +185,57 @@ def test_sparse_grad_checkpoint_resume_continues_both_optimisers(tmp_path):
     assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
     for k, v in full.net_.state_dict().items():
         torch.testing.assert_close(resumed.net_.state_dict()[k], v, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("training,align", [("prefixes", "right"), ("positions", "right"), ("prefixes", "left")])
+def test_training_and_alignment_variants_learn_planted_rule(training, align):
+    m = SASRec(**FAST, epochs=15 if training == "prefixes" else 25, training=training, align=align).fit(planted())
+    res = evaluate(m, probe_set(), ks=(1, 10))
+    assert res["HR@1"] > 0.6, (training, align, res.metrics)
+
+
+def test_training_prefixes_cover_every_target_once():
+    from attnrec.models.batching import training_prefixes, window_ids
+
+    data = SequenceData.from_lists([[1, 2, 3, 4, 5, 6, 7], [8, 9], [10]], 10)
+    starts, lens = training_prefixes(data, max_len=3)
+    assert data.items[starts + lens].tolist() == [2, 3, 4, 5, 6, 7, 9]  # every item but each sequence's first
+    assert lens.tolist() == [1, 2, 3, 3, 3, 3, 1]  # inputs capped at max_len, never crossing users
+    assert [data.items[s:s + n].tolist() for s, n in zip(starts, lens)][3] == [2, 3, 4]
+    ids, real = window_ids(data.items, starts[[0, 3]], lens[[0, 3]], left=True)
+    assert ids.tolist() == [[0, 0, 1], [2, 3, 4]] and real.tolist() == [[False, False, True], [True] * 3]
+
+
+@pytest.mark.parametrize("mixer", ["none", "lowpass"])
+def test_right_alignment_ignores_left_padding(mixer):
+    """A history gives the same scores alone and in a batch with a longer one (left padding masked)."""
+    m = SASRec(**FAST, epochs=2, align="right", mixer=mixer).fit(planted(n_users=50))
+    short, long = np.array([3, 25, 13]), np.arange(21, 35)
+    alone = m.score([short])
+    batched = m.score([short, long])
+    assert torch.allclose(alone[0], batched[0], atol=1e-5)
+    w, lens = m.attention_weights([short, long])
+    assert lens.tolist() == [3, 14]
+    assert torch.allclose(w[0][0, :, :3, :3].sum(-1), torch.ones(FAST["n_heads"], 3), atol=1e-5)
+    assert float(w[0][0, :, :, 3:].abs().sum()) == 0.0  # nothing beyond the short history
+
+
+def test_auto_epochs_budget_optimiser_steps():
+    m = SASRec(epochs="auto", batch_size=128)
+    assert m._auto_epochs(22_400) == 20  # 175 steps an epoch (Amazon Beauty's windows) -> 3500 steps
+    assert m._auto_epochs(2_400) == 185  # 19 steps an epoch: a small dataset trains longer ...
+    assert m._auto_epochs(100) == 200  # ... up to the cap
+    assert m._auto_epochs(10_000_000) == 10  # and a huge one at least 10 epochs
+    assert SASRec(epochs=7)._auto_epochs(100) == 7  # an explicit budget is kept
+    fitted = SASRec(**{**FAST, "batch_size": 64}, epochs="auto").fit(planted(n_users=40))
+    assert fitted.epochs_ == 200 and fitted.epochs_run_ == 200  # 40 windows = 1 step an epoch
+    assert fitted.refit_params()["lr_schedule_epochs"] == 200
+
+
+def test_bf16_auto_follows_the_cpu():
+    from attnrec.training import cpu_has_fast_bf16, resolve_bf16
+
+    assert resolve_bf16("auto") == cpu_has_fast_bf16()
+    assert resolve_bf16(True) is True and resolve_bf16(False) is False
+    with pytest.raises(ValueError, match="bf16 must be true, false or 'auto'"):
+        resolve_bf16("yes")
