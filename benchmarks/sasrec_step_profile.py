@@ -13,28 +13,25 @@ target. ``--dropout torch`` draws the model's dropout masks with
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from attnrec.benchmarking import shared_data
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import attnrec.models  # noqa: E402,F401
-from attnrec.data.preprocess import load_dataset  # noqa: E402
-from attnrec.data.splits import leave_one_out  # noqa: E402
-from attnrec.models import attention  # noqa: E402
-from attnrec.models.batching import (length_grouped_batches, training_prefixes,  # noqa: E402
+from attnrec.data.preprocess import load_dataset
+from attnrec.data.splits import leave_one_out
+from attnrec.models import attention
+from attnrec.models.batching import (length_grouped_batches, training_prefixes,
                                      training_windows, window_ids)
-from attnrec.models.sasrec import SASRec  # noqa: E402
+from attnrec.models.sasrec import SASRec
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "beauty.txt"))
+    ap.add_argument("--data", default=str(shared_data() / "beauty.txt"))
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--dropout", choices=["fast", "torch"], default="fast")
     ap.add_argument("--threads", type=int, default=1)

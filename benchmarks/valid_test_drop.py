@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from attnrec.benchmarking import shared_data
 
-import attnrec.models  # noqa: E402,F401  (registry first)
-from attnrec.data.dataset import EvalSet  # noqa: E402
-from attnrec.data.preprocess import load_dataset  # noqa: E402
-from attnrec.data.splits import leave_one_out  # noqa: E402
-from attnrec.evaluation import evaluate  # noqa: E402
-from attnrec.models.base import Recommender  # noqa: E402
+from attnrec.data.dataset import EvalSet
+from attnrec.data.preprocess import load_dataset
+from attnrec.data.splits import leave_one_out
+from attnrec.evaluation import evaluate
+from attnrec.models.base import Recommender
 
 
 def ndcg10(model: Recommender, evalset: EvalSet) -> np.ndarray:
@@ -50,7 +47,7 @@ def with_histories(evalset: EvalSet, histories: list[np.ndarray], name: str) -> 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="+")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "beauty.txt"))
+    ap.add_argument("--data", default=str(shared_data() / "beauty.txt"))
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     data = load_dataset(Path(args.data))[0]
