@@ -466,6 +466,16 @@ figcaption { color: var(--muted); font-size: 0.9rem; margin-top: 4px; max-width:
 """
 
 
+def privacy_text(p: Mapping[str, Any] | None) -> str:
+    """The model card's privacy line (the same fields the explorer's card shows)."""
+    if not p:
+        return "not differentially private"
+    return (f"user-level DP-SGD: epsilon {p['epsilon']:.4f} (target {p['epsilon_target']}), "
+            f"delta {p['delta']:.2e}, {p['accountant'].upper()} accountant, sampling rate "
+            f"{p['sample_rate']:.4f}, clipping norm {p['max_grad_norm']}, noise multiplier "
+            f"{p['noise_multiplier']:.4f}, {p['steps']}/{p['planned_steps']} steps")
+
+
 def _html(rep: _Report, runs, split, protocol: str, ks, exclude_history: bool) -> str:
     e = html.escape
     n_items = int(runs[0].model.n_items_) if runs else 0
@@ -490,6 +500,8 @@ def _html(rep: _Report, runs, split, protocol: str, ks, exclude_history: bool) -
                            ("evaluate seconds", [r.eval_seconds for r in runs])):
         cells = "".join(f"<td>{x:.1f}</td>" for x in seconds)
         rows.append(f"<tr class='time'><th scope='row'>{label}</th>{cells}</tr>")
+    privacy = "".join(f"<td class='privacy'>{e(privacy_text(r.model.privacy_guarantee()))}</td>" for r in runs)
+    rows.append(f"<tr class='privacy'><th scope='row'>differential privacy</th>{privacy}</tr>")
     figures = []
     data_json = json.dumps(to_jsonable(rep.data, fallback=str), allow_nan=False)
     data_json = data_json.replace("</", "<\\/")

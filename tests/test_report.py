@@ -228,3 +228,22 @@ def test_attention_heatmaps_blank_the_upper_triangle_only_for_causal_models(tmp_
             assert all(np.isnan(u).all() for u in upper)
         else:
             assert all(np.isfinite(u).all() for u in upper) and any((u > 0).any() for u in upper)
+
+
+def test_report_states_the_privacy_guarantee_of_each_model(tmp_path, small_synthetic):
+    """A DP-trained model's column names epsilon, delta, accountant, sampling rate, clip, noise."""
+    from attnrec.models import MostPopular, SASRec
+    from attnrec.pipeline import evaluate_models, make_split
+
+    split = make_split(small_synthetic.to_sequences(), "loo")
+    private = SASRec(epochs=1, d_model=16, n_layers=1, n_heads=1, max_len=12, num_threads=1,
+                     privacy_epsilon=4.0)
+    runs = evaluate_models({"pop": MostPopular(), "dp": private}, split, ks=(10,))
+    html = write_report(tmp_path / "r", runs, split, ks=(10,)).read_text(encoding="utf-8")
+    cells = re.findall(r"<td class='privacy'>([^<]*)</td>", html)
+    p = private.privacy_guarantee()
+    assert cells[0] == "not differentially private"
+    assert f"epsilon {p['epsilon']:.4f} (target 4.0)" in cells[1] and p["epsilon"] <= 4.0
+    for text in (f"delta {p['delta']:.2e}", "RDP accountant", f"sampling rate {p['sample_rate']:.4f}",
+                 f"clipping norm {p['max_grad_norm']}", f"noise multiplier {p['noise_multiplier']:.4f}"):
+        assert text in cells[1], text

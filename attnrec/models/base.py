@@ -138,6 +138,10 @@ class Recommender:
         """Whether this model declares ``capability``."""
         return capability in cls.capabilities
 
+    def privacy_guarantee(self) -> dict[str, Any] | None:
+        """The differential-privacy guarantee of the last fit (see :mod:`attnrec.privacy`), or None."""
+        return None
+
     def selects_on_validation(self) -> bool:
         """Whether ``fit(train, valid, metric)`` chooses its stopping point on validation.
 

@@ -97,6 +97,9 @@ class TrainedModel(Recommender):
         """Trained with user-level DP-SGD (``privacy_epsilon`` set and finite)."""
         return dp.is_private(self.privacy_epsilon)
 
+    def privacy_guarantee(self) -> dict[str, Any] | None:
+        return getattr(self, "privacy_", None)
+
     def selects_on_validation(self) -> bool:
         """Never under DP: a private model trains for its planned epochs (see attnrec.privacy)."""
         return not self.private
