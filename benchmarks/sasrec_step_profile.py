@@ -34,7 +34,7 @@ from attnrec.models.sasrec import SASRec  # noqa: E402
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "beauty.txt"))
+    ap.add_argument("--data", default="../shared/data/beauty.txt")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--dropout", choices=["fast", "torch"], default="fast")
     ap.add_argument("--threads", type=int, default=1)

@@ -50,7 +50,7 @@ def with_histories(evalset: EvalSet, histories: list[np.ndarray], name: str) -> 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="+")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "beauty.txt"))
+    ap.add_argument("--data", default="../shared/data/beauty.txt")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     data = load_dataset(Path(args.data))[0]
