@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     for mode, bs in (("positions", 128), ("prefixes", 256)):
         m = SASRec(training=mode, align="right", batch_size=bs)
         m.dropout_ = 0.5
-        net = m._build(train.n_items)
+        m.net_ = net = m._build(train.n_items)
         net.train()
         firsts, lens = (training_prefixes if mode == "prefixes" else training_windows)(train, m.max_len)
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
