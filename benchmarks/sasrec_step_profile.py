@@ -13,15 +13,11 @@ target. ``--dropout torch`` draws the model's dropout masks with
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import attnrec.models  # noqa: E402,F401
 from attnrec.data.preprocess import load_dataset  # noqa: E402

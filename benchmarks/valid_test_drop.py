@@ -22,13 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import attnrec.models  # noqa: E402,F401  (registry first)
 from attnrec.data.dataset import EvalSet  # noqa: E402
