@@ -17,21 +17,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from attnrec.benchmarking import shared_data
 import torch
 
-from attnrec.data.preprocess import load_dataset
-from attnrec.data.splits import leave_one_out
-from attnrec.models import attention
-from attnrec.models.batching import (length_grouped_batches, training_prefixes,
+import attnrec.models  # noqa: E402,F401
+from attnrec.data.preprocess import load_dataset  # noqa: E402
+from attnrec.data.splits import leave_one_out  # noqa: E402
+from attnrec.models import attention  # noqa: E402
+from attnrec.models.batching import (length_grouped_batches, training_prefixes,  # noqa: E402
                                      training_windows, window_ids)
-from attnrec.models.sasrec import SASRec
+from attnrec.models.sasrec import SASRec  # noqa: E402
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(shared_data() / "beauty.txt"))
+    ap.add_argument("--data", default="../shared/data/beauty.txt")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--dropout", choices=["fast", "torch"], default="fast")
     ap.add_argument("--threads", type=int, default=1)
@@ -43,7 +42,7 @@ def main(argv=None) -> None:
     for mode, bs in (("positions", 128), ("prefixes", 256)):
         m = SASRec(training=mode, align="right", batch_size=bs)
         m.dropout_ = 0.5
-        net = m._build(train.n_items)
+        m.net_ = net = m._build(train.n_items)
         net.train()
         firsts, lens = (training_prefixes if mode == "prefixes" else training_windows)(train, m.max_len)
         opt = torch.optim.AdamW(net.parameters(), 1e-3)

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from attnrec.benchmarking import shared_data
-
-from attnrec.data.dataset import EvalSet
-from attnrec.data.preprocess import load_dataset
-from attnrec.data.splits import leave_one_out
-from attnrec.evaluation import evaluate
-from attnrec.models.base import Recommender
+import attnrec.models  # noqa: E402,F401  (registry first)
+from attnrec.data.dataset import EvalSet  # noqa: E402
+from attnrec.data.preprocess import load_dataset  # noqa: E402
+from attnrec.data.splits import leave_one_out  # noqa: E402
+from attnrec.evaluation import evaluate  # noqa: E402
+from attnrec.models.base import Recommender  # noqa: E402
 
 
 def ndcg10(model: Recommender, evalset: EvalSet) -> np.ndarray:
@@ -47,7 +46,7 @@ def with_histories(evalset: EvalSet, histories: list[np.ndarray], name: str) -> 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bundles", nargs="+")
-    ap.add_argument("--data", default=str(shared_data() / "beauty.txt"))
+    ap.add_argument("--data", default="../shared/data/beauty.txt")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     data = load_dataset(Path(args.data))[0]
