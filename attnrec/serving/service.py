@@ -501,17 +501,19 @@ class RecService:
         return n
 
     # ---- recommendations -----------------------------------------------------
-    def recommend_history(self, snap: ModelSnapshot, history: np.ndarray, known: bool, *, k: int,
+    def recommend_history(self, snap: ModelSnapshot, history: np.ndarray, *, k: int,
                           exclude_seen: bool, exclude: Sequence[str], categories: Sequence[str],
                           exclude_categories: Sequence[str], explain: bool, offset: int = 0,
                           never: np.ndarray | None = None) -> dict[str, Any]:
-        """Recommendation payload for a dense history (model) or the popularity fallback.
+        """Recommendation payload for a dense history (model) or, if it is empty, the popularity fallback.
 
+        Every model scores from the history alone, so a user the bundle has never
+        seen is scored from their stored events like an anonymous session.
         Items ``offset .. offset + k`` of the ranking; ``never`` (dense ids) and every
         hidden, deleted or expired item are left out of every path, fallback included.
         """
         allowed, excl = self._exclusions(snap, exclude, categories, exclude_categories, never)
-        use_model = known and len(history) > 0
+        use_model = len(history) > 0
         seen = history if exclude_seen else None
         top = k + offset
         if use_model and snap.index is not None:  # large catalogue: FAISS instead of scoring every item
@@ -576,11 +578,11 @@ class RecService:
             hit = entry.recs.get(key)
             if hit is not None:
                 return hit
-        history, known = entry.sequence(snap, user)
-        # a user the model cannot place yet (new, or deleted and not retrained) gets
-        # popular items they have not seen, labelled "popularity-fallback"
+        # a user new to the bundle (or deleted and back) is scored from their stored events;
+        # one without any event of a known item gets popular items, labelled "popularity-fallback"
+        history, _ = entry.sequence(snap, user)
         out = self.recommend_history(
-            snap, history, known, k=q.k, exclude_seen=q.exclude_seen, exclude=q.exclude,
+            snap, history, k=q.k, exclude_seen=q.exclude_seen, exclude=q.exclude,
             categories=q.categories, exclude_categories=q.exclude_categories, explain=q.explain,
             offset=q.offset, never=entry.never(snap, user, q.exclude_seen))
         out = {"user": user, **out}

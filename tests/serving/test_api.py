@@ -157,27 +157,35 @@ def test_similar_items(client, shop):
     assert info.known_to_model and info.category and info.fit_interactions > 0
 
 
-def test_unknown_user_gets_labelled_popularity_fallback(client, shop_data):
+def test_new_user_is_scored_from_stored_events_like_a_session(client, shop, shop_data):
     counts = shop_data.item_counts()
     top = shop_data.item_map.to_raw(int(np.argmax(counts)))
+    product = sorted(p for p in shop.rules if p in shop_data.item_map and shop.rules[p] in shop_data.item_map)[0]
     r = client.post("/events/batch", headers=AUTH, json={"events": [
-        {"user": "newcomer", "item": top, "timestamp": 1.7e9},
-        {"user": "newcomer", "item": "brand-new-item"},
+        {"user": "newcomer", "item": product, "timestamp": 1.7e9},
+        {"user": "newcomer", "item": "brand-new-item", "timestamp": 1.7e9 + 1},
     ]})
     assert r.status_code == 201
     ack = EventAck.model_validate(r.json())
     assert (ack.stored, ack.unknown_items, ack.unknown_users) == (2, 1, 2)
     body = recs(client, "newcomer", k=5)
-    assert body.source == "popularity-fallback"
-    assert top not in [it.item for it in body.items]  # seen, still excluded
-    order = np.argsort(-counts[1:], kind="stable") + 1
-    expected = [shop_data.item_map.to_raw(int(i)) for i in order if int(i) != int(np.argmax(counts))][:5]
-    assert [it.item for it in body.items] == expected
+    assert body.source == "model"  # the bundle has never seen them: scored from their events
+    items = [it.item for it in body.items]
+    assert product not in items and shop.rules[product] in items  # the planted reaction to their event
+    session = client.post("/recommendations/session", json={"items": [product], "k": 5}).json()
+    assert items == [it["item"] for it in session["items"]]  # exactly as an anonymous session
     user = UserOut.model_validate(client.get("/users/newcomer").json())
-    assert not user.known_to_model and user.stored_events == 2 and user.recent_items == [top]
+    assert not user.known_to_model and user.stored_events == 2 and user.recent_items == [product]
+    # no event of a known item: popular items they have not seen, labelled
+    client.post("/events", headers=AUTH, json={"user": "stranger", "item": "another-new-item"})
+    body = recs(client, "stranger", k=5)
+    assert body.source == "popularity-fallback"
+    order = np.argsort(-counts[1:], kind="stable") + 1
+    assert [it.item for it in body.items] == [shop_data.item_map.to_raw(int(i)) for i in order[:5]]
+    assert top == body.items[0].item
     metrics = client.get("/metrics").text
-    assert "attnrec_unknown_item_events_total 1.0" in metrics
-    assert "attnrec_unknown_user_events_total 2.0" in metrics
+    assert "attnrec_unknown_item_events_total 2.0" in metrics
+    assert "attnrec_unknown_user_events_total 3.0" in metrics
     assert client.get("/users/never-seen").status_code == 404
 
 
@@ -189,7 +197,9 @@ def test_unknown_events_used_after_retrain(client, shop_data, bundles_dir, catal
     known = shop_data.item_map.decode(shop_data.sequence(0)[:3])
     client.post("/events/batch", headers=AUTH, json={"events": [
         {"user": "late", "item": i} for i in [*known, "fresh-item"]]})
-    assert recs(client, "late", k=3).source == "popularity-fallback"
+    before = recs(client, "late", k=3)
+    assert before.source == "model" and "fresh-item" not in [it.item for it in before.items]  # unknown yet
+    assert not UserOut.model_validate(client.get("/users/late").json()).known_to_model
     data2 = extend_data(shop_data, {"late": [*known, "fresh-item"], "other": ["fresh-item", known[0]]})
     bundle2 = _save(EASE(l2=10.0).fit(data2), bundles_dir / "ease-retrained", catalogue_csv)
     r = client.post("/admin/reload", json={"path": str(bundle2)}, headers=AUTH)
@@ -234,6 +244,9 @@ def test_deletion_survives_restart(make_client, ease_bundle, own_bundle, sqlite_
     c2.post("/events", headers=AUTH, json={"user": user, "item": "i2"})
     u = UserOut.model_validate(c2.get(f"/users/{user}").json())
     assert not u.known_to_model and u.fit_events == 0 and u.stored_events == 1
+    body = recs(c2, user, k=5)  # scored from the one new event alone, as a session of it is
+    session = c2.post("/recommendations/session", json={"items": ["i2"], "k": 5}).json()
+    assert body.source == "model" and [it.item for it in body.items] == [it["item"] for it in session["items"]]
 
 
 def test_events_on_postgres_and_sqlite(make_client, ease_bundle, db_url, shop, shop_data):

@@ -55,8 +55,8 @@ async def recommend_session(request: Request, body: SessionRequest, service: Ser
               categories=body.categories, exclude_categories=body.exclude_categories,
               explain=body.explain)
     if snap.inline:
-        out = service.recommend_history(snap, history, True, **kw)
+        out = service.recommend_history(snap, history, **kw)
     else:
-        out = await run_in_threadpool(service.recommend_history, snap, history, True, **kw)
+        out = await run_in_threadpool(service.recommend_history, snap, history, **kw)
     out["unknown_items"] = unknown
     return FastJSON(out)
