@@ -87,11 +87,14 @@ def evaluate(
     seed: int = 0,
     per_case: bool = False,
     progress: bool = False,
+    beyond_accuracy: bool = True,
 ) -> EvalResult:
     """Evaluate ``model`` on ``evalset`` with full ranking (or sampled, if asked).
 
     Memory is bounded by ``batch_size x n_items`` scores at a time; results do
-    not depend on ``batch_size``.
+    not depend on ``batch_size``. ``beyond_accuracy=False`` skips Coverage@K and
+    AvgPop@K (their top-K lists cost a pass over every score; early stopping needs
+    only the ranks).
     """
     model._check_fitted()
     ks = sorted(set(int(k) for k in ks))
@@ -107,23 +110,30 @@ def evaluate(
     pop_sum = {K: 0.0 for K in ks}
     pop_cnt = {K: 0 for K in ks}
     rng = np.random.default_rng(seed)
+    # cases in order of history length (full ranking; sampled ranking keeps the case order its
+    # seeded negatives follow): a batch is padded to its longest history, so on short-sequence
+    # data a batch in user order costs a sequence model several times the real positions
+    order = (np.arange(n) if sampled_negatives
+             else np.argsort(np.diff(evalset.hist_indptr), kind="stable"))
     iterator = range(0, n, batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(iterator, desc=f"evaluate {evalset.name}", unit="batch")
     for start in iterator:
-        stop = min(n, start + batch_size)
-        hist = [evalset.history(i) for i in range(start, stop)]
-        targ = [evalset.targets(i) for i in range(start, stop)]
+        cases = order[start : start + batch_size]
+        hist = [evalset.history(i) for i in cases]
+        targ = [evalset.targets(i) for i in cases]
         with torch.no_grad():
-            scores = model.score(hist, evalset.users[start:stop]).float()
+            scores = model.score(hist, evalset.users[cases]).float()
         mask = exclusion_mask(hist, scores.shape[1], exclude_history)
         scores = scores.masked_fill(mask, float("-inf"))
         if sampled_negatives:
             all_ranks.extend(_sampled_ranks(scores, hist, targ, sampled_negatives, rng))
             continue
         all_ranks.extend(ranks_of_targets(scores, targ))
+        if not beyond_accuracy:
+            continue
         # beyond-accuracy: what the top-K lists actually contain
         idx, vals = top_k(scores, kmax)
         idx = idx.numpy()
@@ -133,10 +143,15 @@ def evaluate(
             recommended[K][sel] = True
             pop_sum[K] += float(popularity[sel].sum())
             pop_cnt[K] += int(sel.size)
+    if not sampled_negatives:  # back to the case order
+        by_case: list[np.ndarray] = [np.zeros(0)] * n
+        for i, r in zip(order.tolist(), all_ranks):
+            by_case[i] = r
+        all_ranks = by_case
     per = metrics_from_ranks(all_ranks, ks)
     label = f" (sampled, {sampled_negatives} negatives)" if sampled_negatives else ""
     metrics = {f"{k}{label}": float(v.mean()) for k, v in per.items()}
-    if not sampled_negatives:
+    if not sampled_negatives and beyond_accuracy:
         for K in ks:
             metrics[f"Coverage@{K}"] = float(recommended[K][1:].sum() / model.n_items_)
             metrics[f"AvgPop@{K}"] = pop_sum[K] / max(1, pop_cnt[K])
@@ -156,7 +171,7 @@ def validation_metric(k: int = 10) -> ValidationMetric:
     name = f"NDCG@{k}"
     return ValidationMetric(
         name,
-        evaluate=lambda model, evalset: evaluate(model, evalset, ks=(k,))[name],
+        evaluate=lambda model, evalset: evaluate(model, evalset, ks=(k,), beyond_accuracy=False)[name],
         of_ranks=lambda ranks: float(metrics_from_ranks(list(ranks), (k,))[name].mean()),
     )
 

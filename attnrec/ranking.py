@@ -82,7 +82,7 @@ def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     # topk is not stable: if ties straddle the boundary or sit inside the list,
     # redo those rows with a stable sort so results never depend on the kernel.
     kth = vals[:, -1:]
-    n_ge = (scores >= kth).sum(dim=1)
+    n_ge = (scores >= kth).sum(dim=1, dtype=torch.int32)
     tied = (n_ge > k) | (vals[:, :-1] == vals[:, 1:]).any(dim=1) if k > 1 else (n_ge > k)
     if tied.any():
         rows = tied.nonzero().squeeze(1)
@@ -147,9 +147,15 @@ def ranks_of_targets(
         sl = slice(r0, r0 + rows_per_chunk)
         row = scores[sl, None, :]  # (b, 1, N)
         t_s = ts[sl, :, None]  # (b, T, 1)
-        better = (row > t_s).sum(-1)
-        tie_lower = ((row == t_s) & (ids[None, None, :] < tgt[sl, :, None])).sum(-1)
-        ranks[sl] = (better + tie_lower + 1).double()
+        # (bool sums in int32: several times faster than torch's default int64 accumulation)
+        better = (row > t_s).sum(-1, dtype=torch.int32)  # (b, T)
+        # exact ties with another item are rare: count the lower-id ones only where there are any
+        tied = ((row == t_s).sum(-1, dtype=torch.int32) > 1) & torch.isfinite(ts[sl])
+        if bool(tied.any()):
+            bi, ti = tied.nonzero(as_tuple=True)
+            rows_t, tgt_t = scores[sl][bi], tgt[sl][bi, ti, None]  # (m, N), (m, 1)
+            better[bi, ti] += ((rows_t == ts[sl][bi, ti, None]) & (ids[None, :] < tgt_t)).sum(-1, dtype=torch.int32)
+        ranks[sl] = (better + 1).double()
     ranks[~torch.isfinite(ts)] = float("inf")
     r = ranks.numpy()
     return [r[b, : lengths[b]] for b in range(B)]

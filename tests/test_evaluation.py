@@ -111,6 +111,23 @@ def test_results_identical_whatever_the_batch_size():
         assert other == results[0]
 
 
+def test_per_case_ranks_stay_in_case_order_although_batches_follow_history_length():
+    n_items = 6
+    model = _fitted([0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6], n_items)  # ranking 6,5,4,3,2,1
+    # long, empty, short histories interleaved: batches of 2 regroup them by length
+    hist = [[6, 5, 4], [], [6], [6, 5], []]
+    targ = [[1], [6], [4], [1], [1]]
+    ev = EvalSet.from_lists(np.arange(5), hist, targ)
+    res = evaluate(model, ev, ks=[10], batch_size=2, per_case=True)
+    # case 0: 3 excluded items above -> item 1 is rank 3; case 1: rank 1; case 2: 5 excluded -> 4 is
+    # rank 2; case 3: rank 4; case 4: rank 6
+    expected = [1 / math.log2(r + 1) for r in (3, 1, 2, 4, 6)]
+    assert res.per_case["NDCG@10"].tolist() == pytest.approx(expected)
+    lean = evaluate(model, ev, ks=[10], batch_size=2, beyond_accuracy=False)
+    assert lean["NDCG@10"] == res["NDCG@10"]
+    assert "Coverage@10" in res.metrics and "Coverage@10" not in lean.metrics
+
+
 def test_sampled_metrics_are_labelled_and_differ_from_full():
     model = _fitted([0] + list(np.linspace(1, 0, 100)), 100)
     ev = EvalSet.from_lists([0] * 20, [[]] * 20, [[20]] * 20)
