@@ -6,7 +6,8 @@
   BERT4Rec windows the items themselves).
 * :func:`length_grouped_batches` shuffles the windows and sorts them by length
   inside groups of 64 batches: batches carry little padding and still come in
-  random order.
+  random order; :func:`target_budget_batches` does the same with batches of a
+  fixed number of targets instead of windows.
 * :func:`window_ids` gathers a batch of windows as a right-padded ``(B, T)`` id
   matrix (left-padded for right-aligned positions); :func:`pad_right` /
   :func:`pad_left` do the same for inference histories.
@@ -71,6 +72,30 @@ def length_grouped_batches(lens: np.ndarray, batch_size: int, rng: np.random.Gen
         for g in range(0, len(perm), group)
     ])
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for j in rng.permutation(len(chunks)):
+        yield chunks[j]
+
+
+def target_budget_batches(lens: np.ndarray, targets: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Window indices of one epoch's batches of about ``targets`` targets each (not a fixed window count).
+
+    Shuffled and sorted by length inside groups of about 64 batches, like
+    :func:`length_grouped_batches`; a batch closes once its windows hold ``targets``
+    positions (a window longer than that is a batch of its own). Each step's loss
+    is the mean over its targets, so with equal-sized batches every target weighs
+    the same, whatever the length of its window.
+    """
+    perm = rng.permutation(len(lens))
+    per_group = targets * 64
+    ends = np.searchsorted(np.cumsum(lens[perm]), np.arange(per_group, int(lens.sum()) + per_group, per_group),
+                           side="right")
+    chunks, a = [], 0
+    for b in np.unique(np.minimum(ends, len(perm))):
+        group = perm[a:b][np.argsort(lens[perm[a:b]], kind="stable")]
+        cuts = np.searchsorted(np.cumsum(lens[group]), np.arange(targets, int(lens[group].sum()) + targets, targets),
+                               side="left") + 1
+        chunks += [c for c in np.split(group, np.unique(np.minimum(cuts, len(group)))[:-1]) if len(c)]
+        a = b
     for j in rng.permutation(len(chunks)):
         yield chunks[j]
 

@@ -62,8 +62,8 @@ from attnrec.data.dataset import EvalSet, SequenceData
 from attnrec.models import losses
 from attnrec.models.attention import AttentionConfig
 from attnrec.models.base import register
-from attnrec.models.batching import (length_grouped_batches, pad_left, pad_right, training_prefixes,
-                                     training_windows, window_ids)
+from attnrec.models.batching import (length_grouped_batches, pad_left, pad_right, target_budget_batches,
+                                     training_prefixes, training_windows, window_ids)
 from attnrec.models.neural import NeuralSequenceModel
 from attnrec.models.sasrec_net import SASRecConfig, SASRecNet
 from attnrec.training import ValidationMetric
@@ -119,6 +119,7 @@ class SASRec(NeuralSequenceModel):
         mixer: str = "lowpass",
         alpha: float = 0.7,
         training: str = "positions",
+        batch_targets: int | None = None,
         align: str = "left",
         emb_ln: bool = False,
         scale_emb: bool = True,
@@ -143,6 +144,7 @@ class SASRec(NeuralSequenceModel):
         self.mixer = mixer
         self.alpha = alpha
         self.training = training
+        self.batch_targets = batch_targets
         self.align = align
         self.emb_ln = emb_ln
         self.scale_emb = scale_emb
@@ -190,7 +192,7 @@ class SASRec(NeuralSequenceModel):
     def _epochs_value(self) -> int:
         return int(self.epochs_) if self.epochs == "auto" else int(self.epochs)
 
-    def _auto_epochs(self, n_samples: int) -> int:
+    def _auto_epochs(self, steps_per_epoch: int) -> int:
         """``epochs="auto"``: enough epochs for :attr:`AUTO_STEPS` optimiser steps (a data-size rule).
 
         The learning-rate schedule runs over this budget, so a small dataset (few
@@ -198,7 +200,7 @@ class SASRec(NeuralSequenceModel):
         """
         if self.epochs != "auto":
             return int(self.epochs)
-        steps = max(1, math.ceil(n_samples / self.batch_size))
+        steps = max(1, steps_per_epoch)
         lo, hi = self.AUTO_EPOCHS
         return int(min(hi, max(lo, math.ceil(self.AUTO_STEPS / steps))))
 
@@ -240,7 +242,11 @@ class SASRec(NeuralSequenceModel):
         starts, lens = (training_prefixes if prefixes else training_windows)(data, self.max_len)
         if len(starts) == 0:
             raise ValueError("no training targets: every sequence has fewer than 2 items")
-        self.epochs_ = self._auto_epochs(len(starts))
+        if self.batch_targets is not None and (not isinstance(self.batch_targets, int) or self.batch_targets < 1):
+            raise ValueError(f"batch_targets must be a positive integer or None, got {self.batch_targets!r}")
+        by_targets = self.batch_targets is not None and not prefixes  # a prefix sample is one target
+        self.epochs_ = self._auto_epochs(math.ceil(int(lens.sum()) / self.batch_targets) if by_targets
+                                         else math.ceil(len(starts) / self.batch_size))
         counts = data.item_counts().astype(np.float64)
         self._neg_probs = None
         if self.negative_sampling == "popularity":
@@ -250,7 +256,9 @@ class SASRec(NeuralSequenceModel):
             raise ValueError("negative_sampling must be 'uniform' or 'popularity'")
 
         def batches(epoch: int, rng: np.random.Generator):
-            for sel in length_grouped_batches(lens, self.batch_size, rng):
+            chosen = (target_budget_batches(lens, self.batch_targets, rng) if by_targets
+                      else length_grouped_batches(lens, self.batch_size, rng))
+            for sel in chosen:
                 seq, real = window_ids(data.items, starts[sel], lens[sel], left)  # (B, T) inputs
                 if prefixes:  # the target follows each sample's newest input
                     last = np.full(len(sel), seq.shape[1] - 1) if left else lens[sel] - 1

@@ -194,6 +194,29 @@ def test_training_and_alignment_variants_learn_planted_rule(training, align):
     assert res["HR@1"] > 0.6, (training, align, res.metrics)
 
 
+def test_target_budget_batches_hold_each_window_once_and_equal_target_counts():
+    from attnrec.models.batching import target_budget_batches
+
+    rng = np.random.default_rng(0)
+    lens = np.minimum(rng.geometric(0.15, size=5_000), 50)
+    batches = list(target_budget_batches(lens, 300, np.random.default_rng(1)))
+    together = np.concatenate(batches)
+    assert sorted(together.tolist()) == list(range(len(lens)))  # every window exactly once
+    sizes = np.array([lens[b].sum() for b in batches])
+    assert sizes.max() < 300 + 50  # closes once it holds the budget: at most one window beyond it
+    assert np.median(sizes) >= 300 and np.mean(sizes >= 250) > 0.9  # short windows come many to a batch
+    assert max(len(b) for b in batches) > 10 * min(len(b) for b in batches)
+    again = list(target_budget_batches(lens, 300, np.random.default_rng(2)))
+    assert [b.tolist() for b in again] != [b.tolist() for b in batches]  # a new order every epoch
+
+
+def test_batch_targets_learns_the_planted_rule_and_checks_its_value():
+    m = SASRec(**FAST, epochs=25, batch_targets=300).fit(planted())
+    assert evaluate(m, probe_set(), ks=(1,))["HR@1"] > 0.6
+    with pytest.raises(ValueError, match="batch_targets must be a positive integer"):
+        SASRec(**FAST, epochs=1, batch_targets=0).fit(planted(n_users=20))
+
+
 def test_training_prefixes_cover_every_target_once():
     from attnrec.models.batching import training_prefixes, window_ids
 
@@ -222,11 +245,11 @@ def test_right_alignment_ignores_left_padding(mixer):
 
 def test_auto_epochs_budget_optimiser_steps():
     m = SASRec(epochs="auto", batch_size=128)
-    assert m._auto_epochs(22_400) == 20  # 175 steps an epoch (Amazon Beauty's windows) -> 3500 steps
-    assert m._auto_epochs(2_400) == 185  # 19 steps an epoch: a small dataset trains longer ...
-    assert m._auto_epochs(100) == 200  # ... up to the cap
-    assert m._auto_epochs(10_000_000) == 10  # and a huge one at least 10 epochs
-    assert SASRec(epochs=7)._auto_epochs(100) == 7  # an explicit budget is kept
+    assert m._auto_epochs(175) == 20  # 175 steps an epoch (Amazon Beauty's windows) -> 3500 steps
+    assert m._auto_epochs(19) == 185  # a small dataset trains longer ...
+    assert m._auto_epochs(1) == 200  # ... up to the cap
+    assert m._auto_epochs(78_125) == 10  # and a huge one at least 10 epochs
+    assert SASRec(epochs=7)._auto_epochs(1) == 7  # an explicit budget is kept
     fitted = SASRec(**{**FAST, "batch_size": 64}, epochs="auto").fit(planted(n_users=40))
     assert fitted.epochs_ == 200 and fitted.epochs_run_ == 200  # 40 windows = 1 step an epoch
     assert fitted.refit_params()["lr_schedule_epochs"] == 200
