@@ -120,6 +120,9 @@ class Recommender:
     #: ``score`` of one history is a sparse sum or a lookup (no network forward):
     #: cheap enough for the service to run on its event loop
     light_scoring: ClassVar[bool] = False
+    #: hyperparameters whose default changed, with the value a bundle written before the
+    #: change was trained with: a bundle that does not list one loads with this value
+    older_bundle_params: ClassVar[Mapping[str, Any]] = {}
     #: set by :func:`attnrec.pipeline.fit_for_test` after a validation run (``training_summary()``)
     validation_: dict[str, Any] | None = None
     #: set by :meth:`load`: the bundle's ``metrics.json`` and ``info``
@@ -370,7 +373,7 @@ class Recommender:
         model_cls = get_model_class(config["model"])
         if cls is not Recommender and not issubclass(model_cls, cls):
             raise TypeError(f"{path} holds a {model_cls.__name__}, not a {cls.__name__}")
-        model = model_cls(**config["params"])
+        model = model_cls(**{**model_cls.older_bundle_params, **config["params"]})
         data = load_sequences_npz(path / "sequences.npz")
         tensors = load_file(str(path / "weights.safetensors"))
         model.n_items_ = int(config["n_items"])

@@ -127,7 +127,10 @@ class SASRecNet(nn.Module):
         if self.cfg.align == "right":
             x = x + self.pos_emb.weight[self.cfg.max_len - T:]  # newest item at index max_len - 1
             pad = seq == 0  # (B, T) left padding: causal alone would let queries see it
-            pad = pad if bool(pad.any()) else None
+            # no mask without padding (the fused SDPA kernel); under torch.func transforms (per-user
+            # DP gradients) a data-dependent branch is not allowed: the mask is always passed there
+            if torch._C._functorch.maybe_get_level(seq) == -1 and not bool(pad.any()):
+                pad = None
         else:
             x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key
             pad = None
