@@ -151,7 +151,7 @@ def test_validation_without_a_metric_is_refused():
 def test_early_stopping_keeps_best_epoch():
     data = planted(200)
     valid = probe_set(100, seed=3)
-    m = SASRec(**FAST, epochs=30, patience=2).fit(data, valid, validation_metric())
+    m = SASRec(**FAST, epochs=30, patience=2, eval_every=1).fit(data, valid, validation_metric())
     best = max(h["NDCG@10"] for h in m.history_)
     assert m.best_metric_ == best
     assert m.history_[m.best_epoch_ - 1]["NDCG@10"] == best
