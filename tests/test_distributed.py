@@ -99,7 +99,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         data, _ = build_sequences(generate(n_users=80, n_items=30, seed=3).log)
         split = leave_one_out(data)
         ck = os.path.join(out, f"ck{rank}")
-        m = SASRec(d_model=16, n_layers=1, n_heads=1, max_len=10, epochs=3, patience=1, batch_size=16,
+        m = SASRec(d_model=16, n_layers=1, n_heads=1, max_len=10, epochs=3, patience=1, eval_every=1, batch_size=16,
                    dropout=0.0, num_threads=1, checkpoint_dir=ck).fit(split.train, split.valid, validation_metric())
         result["sasrec"] = m.net_.state_dict()
         result["history"] = [(h["epoch"], h.get("NDCG@10")) for h in m.history_]
