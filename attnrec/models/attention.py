@@ -66,6 +66,12 @@ class AttentionConfig:
     layer_norm_eps: float = 1e-6
 
 
+def under_transform(x: torch.Tensor) -> bool:
+    """Whether ``x`` is traced by a torch.func transform (vmap/grad: per-user DP gradients), where
+    data-dependent branches and per-row in-place random draws are not allowed."""
+    return torch._C._functorch.maybe_get_level(x) != -1
+
+
 def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """Inverted dropout whose mask takes four 15-bit uniform lanes from each 64-bit random draw.
 
@@ -77,7 +83,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         return x
     if p >= 1.0:
         return x * 0.0
-    if torch._C._functorch.maybe_get_level(x) != -1:
+    if under_transform(x):
         # inside torch.func transforms (per-user DP gradients under vmap): in-place draws on a
         # fresh tensor cannot differ per row there, torch's dropout can
         return torch.nn.functional.dropout(x, p, True)

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from attnrec.models.attention import AttentionConfig, BlockStack, Dropout, TransformerBlock, init_weights
+from attnrec.models.attention import (AttentionConfig, BlockStack, Dropout, TransformerBlock, init_weights,
+                                      under_transform)
 
 MIXERS = ("none", "lowpass")
 ALIGNS = ("left", "right")
@@ -129,7 +130,7 @@ class SASRecNet(nn.Module):
             pad = seq == 0  # (B, T) left padding: causal alone would let queries see it
             # no mask without padding (the fused SDPA kernel); under torch.func transforms (per-user
             # DP gradients) a data-dependent branch is not allowed: the mask is always passed there
-            if torch._C._functorch.maybe_get_level(seq) == -1 and not bool(pad.any()):
+            if not under_transform(seq) and not bool(pad.any()):
                 pad = None
         else:
             x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key

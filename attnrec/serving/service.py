@@ -86,20 +86,18 @@ class UserEntry:
         seq = stored if fit is None else np.concatenate([np.asarray(fit, dtype=np.int64), stored])
         negatives, _ = snap.encode_items(self.negatives)
         excluded, _ = snap.encode_items(self.excluded)
-        memo = self._seq = (snap.version, seq, fit is not None, negatives,
-                            np.union1d(negatives, excluded).astype(np.int64))
-        self.unaccounted += _ARRAY_BYTES + seq.nbytes + memo[3].nbytes + memo[4].nbytes
+        memo = self._seq = (snap.version, seq, negatives, np.union1d(negatives, excluded).astype(np.int64))
+        self.unaccounted += _ARRAY_BYTES + seq.nbytes + memo[2].nbytes + memo[3].nbytes
         return memo
 
-    def sequence(self, snap: ModelSnapshot, user: str) -> tuple[np.ndarray, bool]:
-        """``(dense history, known to the model)`` under ``snap``: fit history + positive events."""
-        memo = self._memo(snap, user)
-        return memo[1], memo[2]
+    def sequence(self, snap: ModelSnapshot, user: str) -> np.ndarray:
+        """Dense history under ``snap``: fit history + positive events."""
+        return self._memo(snap, user)[1]
 
     def never(self, snap: ModelSnapshot, user: str, exclude_seen: bool) -> np.ndarray:
         """Dense items never to recommend to this user: negatives (+ exclude-only if ``exclude_seen``)."""
         memo = self._memo(snap, user)
-        return memo[4] if exclude_seen else memo[3]
+        return memo[3] if exclude_seen else memo[2]
 
 
 class RecService:
@@ -580,7 +578,7 @@ class RecService:
                 return hit
         # a user new to the bundle (or deleted and back) is scored from their stored events;
         # one without any event of a known item gets popular items, labelled "popularity-fallback"
-        history, _ = entry.sequence(snap, user)
+        history = entry.sequence(snap, user)
         out = self.recommend_history(
             snap, history, k=q.k, exclude_seen=q.exclude_seen, exclude=q.exclude,
             categories=q.categories, exclude_categories=q.exclude_categories, explain=q.explain,

@@ -291,7 +291,7 @@ async def user_attention(request: Request, user: UserPath, service: ServiceDep) 
     entry = service.cached_user(user)
     if entry is None:
         entry = await run_in_threadpool(service.load_user, user)
-    seq, _ = entry.sequence(snap, user)
+    seq = entry.sequence(snap, user)
     fit = None if entry.tombstoned else snap.fit_history(user)
     n_fit = 0 if fit is None else len(fit)
     _, unknown = snap.encode_items(entry.items)

@@ -25,7 +25,7 @@ async def get_user(request: Request, user: UserPath, service: ServiceDep,
     if not known and not entry.events:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown user {user!r}")
     fit = snap.fit_history(user) if known else None
-    seq, _ = entry.sequence(snap, user)
+    seq = entry.sequence(snap, user)
     tail = seq[len(seq) - recent:] if recent else seq[:0]
     return FastJSON({
         "user": user, "known_to_model": known,
