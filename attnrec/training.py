@@ -57,7 +57,7 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -108,6 +108,9 @@ class TrainConfig:
     # a refit that stops early keeps the selection run's horizon, so its epochs get the same rates
     lr_schedule: str = "constant"
     lr_schedule_epochs: int | None = None
+    # exponential moving average of the weights after every step (torch's AveragedModel; None = off):
+    # validation, the kept best weights and the returned model are the average's
+    ema_decay: float | None = None
     # user-level differential privacy (attnrec.privacy; None or inf = off): target epsilon, delta
     # (None = 1 / n_users), per-user clipping norm, Opacus accountant, users per per-sample-gradient
     # micro-batch (bounds memory). Only models that pass a DPSGD hook to train() support it.
@@ -222,6 +225,7 @@ def train(
     seed_everything(cfg.seed)
     params = list(module.parameters()) if params is None else list(params)
     optimizer = _Optimizer(module, params, cfg, wrap=privacy.attach if privacy is not None else None)
+    average = _WeightAverage(module, cfg.ema_decay) if cfg.ema_decay is not None else None
     step_loss = loss_fn
     if cfg.compile:
         step_loss = torch.compile(loss_fn)  # type: ignore[assignment]
@@ -240,6 +244,8 @@ def train(
     if ck is not None:
         module.load_state_dict(ck["module"])
         optimizer.load_state_dict(ck["optimizer"])
+        if average is not None:
+            average.load_state_dict(ck["average"])
         best_state = ck.get("best_state")
         result.history = list(ck["history"])
         result.best_epoch = int(ck["best_epoch"])
@@ -290,6 +296,8 @@ def train(
                         break
                     total += privacy.step(model, batch, loss_fn)
                     n += 1
+                    if average is not None:
+                        average.update()
                     continue
                 with autocast():
                     loss = step_loss(model, batch)
@@ -298,6 +306,8 @@ def train(
                 if cfg.grad_clip:
                     _clip_grad_norm(params, cfg.grad_clip)
                 optimizer.step()
+                if average is not None:
+                    average.update()
                 total += float(loss.detach())
                 n += 1
                 if pbar is not None and n % 20 == 0:
@@ -311,19 +321,20 @@ def train(
                 module.eval()
                 t_eval = time.perf_counter()
                 value = float("nan")
-                if main:  # rank 0 evaluates; every rank keeps the same books
-                    with torch.no_grad():
-                        value = float(evaluate())
-                value = dist_utils.broadcast_object(value)
-                rec[metric] = value
-                rec["eval_seconds"] = time.perf_counter() - t_eval
-                if value > result.best_metric:
-                    result.best_metric, result.best_epoch = value, epoch
-                    best_state = copy.deepcopy(module.state_dict())
-                    bad_evals = 0
-                    improved = True
-                else:
-                    bad_evals += 1
+                with average.applied() if average is not None else nullcontext():
+                    if main:  # rank 0 evaluates; every rank keeps the same books
+                        with torch.no_grad():
+                            value = float(evaluate())
+                    value = dist_utils.broadcast_object(value)
+                    rec[metric] = value
+                    rec["eval_seconds"] = time.perf_counter() - t_eval
+                    if value > result.best_metric:
+                        result.best_metric, result.best_epoch = value, epoch
+                        best_state = copy.deepcopy(module.state_dict())
+                        bad_evals = 0
+                        improved = True
+                    else:
+                        bad_evals += 1
             elif evaluate is None:
                 result.best_epoch = epoch
             # evaluated this epoch and the n-th bad evaluation in a row (improving resets bad_evals)
@@ -353,7 +364,8 @@ def train(
             # clocks differ between ranks: rank 0 decides for all
             stop, over_budget = dist_utils.broadcast_object((stop, over_budget))
             if ckpt_path is not None and main:  # "finished" = stopped early: resuming must not train further
-                _save_checkpoint(ckpt_path, module, optimizer, result, best_state, bad_evals, epoch, stop)
+                _save_checkpoint(ckpt_path, module, optimizer, result, best_state, bad_evals, epoch, stop,
+                                 average)
             if stop:
                 result.stopped_early = True
                 log.info("early stop at epoch %d; best epoch %d (%s %.4f)", epoch, result.best_epoch,
@@ -370,6 +382,8 @@ def train(
             pbar.close()
     if best_state is not None:
         module.load_state_dict(best_state)
+    elif average is not None:  # no validation: the model returned is the average at the last step
+        average.copy_to_module()
     module.eval()
     result.seconds = time.perf_counter() - t_train
     if privacy is not None:
@@ -445,6 +459,50 @@ class _Optimizer:
             o.load_state_dict(st)
 
 
+class _WeightAverage:
+    """An exponential moving average of a module's parameters, updated after every optimiser step.
+
+    The average is torch's ``AveragedModel`` with its EMA update; ``applied()`` puts
+    the averaged parameters into the module for the duration of a ``with`` block
+    (validation and the copy of the best weights see the average) and puts the live
+    ones back for training. Buffers are not averaged: they are the module's own.
+    """
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if not 0.0 < float(decay) < 1.0:
+            raise ValueError(f"ema_decay must be strictly between 0 and 1, got {decay!r}")
+        self.module = module
+        self.averaged = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(float(decay)),
+                                      use_buffers=False)
+
+    def update(self) -> None:
+        self.averaged.update_parameters(self.module)
+
+    def copy_to_module(self) -> None:
+        with torch.no_grad():
+            for live, avg in zip(self.module.parameters(), self.averaged.module.parameters()):
+                live.copy_(avg)
+
+    @contextmanager
+    def applied(self):
+        saved = [p.detach().clone() for p in self.module.parameters()]
+        self.copy_to_module()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for live, kept in zip(self.module.parameters(), saved):
+                    live.copy_(kept)
+
+    def state_dict(self) -> dict:
+        return self.averaged.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.averaged.load_state_dict(state)
+
+
 def _clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> None:
     """``clip_grad_norm_`` that also handles sparse gradients (coalesced first: duplicates summed)."""
     grads = []
@@ -477,7 +535,7 @@ def _takes_module(loss_fn: Callable[..., torch.Tensor]) -> bool:
 
 
 def _save_checkpoint(path: Path, module, optimizer, result: TrainResult, best_state, bad_evals: int,
-                     epoch: int, finished: bool) -> None:
+                     epoch: int, finished: bool, average: _WeightAverage | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ck = {
         "module": module.state_dict(),
@@ -492,6 +550,8 @@ def _save_checkpoint(path: Path, module, optimizer, result: TrainResult, best_st
     }
     if best_state is not None:
         ck["best_state"] = best_state
+    if average is not None:
+        ck["average"] = average.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(ck, tmp)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint

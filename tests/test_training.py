@@ -188,3 +188,50 @@ def test_training_options_are_declared_once_and_are_flat_hyperparameters():
     assert isinstance(c, TrainConfig) and (c.lr_decay_patience, c.bf16, c.epochs, c.lr) == (5, True, 7, 2e-3)
     with pytest.raises(TypeError, match="SASRec has no hyperparameter 'lrr'"):
         SASRec(lrr=1e-3)
+
+
+def test_weight_average_is_the_hand_computed_ema_and_does_not_change_training(tmp_path):
+    decay = 0.9
+    # the live trajectory: parameters after every step (snapshots taken at the next step's forward)
+    m, b, l = make_problem()
+    after_steps = []
+
+    def recording_loss(model, batch):
+        after_steps.append([p.detach().clone() for p in model.parameters()])
+        return l(model, batch)
+
+    r_plain = train(m, b, recording_loss, cfg(epochs=2))
+    after_steps = after_steps[1:] + [[p.detach().clone() for p in m.parameters()]]
+    ema = [p.clone() for p in after_steps[0]]  # the average starts as the first step's weights
+    for step in after_steps[1:]:
+        ema = [decay * a + (1 - decay) * p for a, p in zip(ema, step)]
+
+    m2, b2, l2 = make_problem()
+    seen = []
+
+    def evaluate():
+        seen.append([p.detach().clone() for p in m2.parameters()])
+        return float(len(seen))  # always improving: the last evaluation is kept
+
+    r_avg = train(m2, b2, l2, cfg(epochs=2, ema_decay=decay), evaluate)
+    # training itself follows the live weights: the same losses as without the average
+    np.testing.assert_allclose([h["loss"] for h in r_avg.history], [h["loss"] for h in r_plain.history])
+    # validation saw the average, and the model returned is the average
+    for got, want in zip(seen[-1], ema):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(m2.parameters(), ema):
+        torch.testing.assert_close(got.detach(), want)
+    # without validation the returned model is the average at the last step too
+    m3, b3, l3 = make_problem()
+    train(m3, b3, l3, cfg(epochs=2, ema_decay=decay))
+    for got, want in zip(m3.parameters(), ema):
+        torch.testing.assert_close(got.detach(), want)
+    # the average is checkpointed: a resumed run ends with the uninterrupted run's weights
+    m4, b4, l4 = make_problem()
+    train(m4, b4, l4, cfg(epochs=1, ema_decay=decay, checkpoint_dir=str(tmp_path)))
+    m5, b5, l5 = make_problem()
+    train(m5, b5, l5, cfg(epochs=2, ema_decay=decay, checkpoint_dir=str(tmp_path), resume=True))
+    for got, want in zip(m5.parameters(), ema):
+        torch.testing.assert_close(got.detach(), want)
+    with pytest.raises(ValueError, match="ema_decay must be strictly between 0 and 1"):
+        train(*make_problem(), cfg(epochs=1, ema_decay=1.0))
