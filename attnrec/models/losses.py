@@ -36,12 +36,14 @@ class _FusedLinearCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, W, targets, chunk: int, dtype: torch.dtype):  # type: ignore[override]
+    def forward(ctx, h, W, targets, chunk: int, dtype: torch.dtype, masked):  # type: ignore[override]
         with torch.autocast("cpu", enabled=False):
             N = h.shape[0]
             Wi = W[1:].detach().to(dtype)  # (V, d)
             hd = h.detach().to(dtype)  # (N, d)
             tgt = (targets - 1)[:, None]  # (N, 1)
+            if masked is not None:  # padding (0) points at the row's own target, which is restored below
+                masked = torch.where(masked > 0, masked, targets[:, None]) - 1  # (N, L)
             gh = torch.empty(h.shape, dtype=torch.float32)
             gW = torch.zeros(Wi.shape, dtype=torch.float32)
             loss = torch.zeros((), dtype=torch.float64)
@@ -49,6 +51,10 @@ class _FusedLinearCE(torch.autograd.Function):
                 hc = hd[s : s + chunk]  # (n, d)
                 tc = tgt[s : s + chunk]
                 p = (hc @ Wi.T).float()  # (n, V) logits
+                if masked is not None:  # out of this row's softmax; its target always stays in
+                    lt = p.gather(1, tc)
+                    p.scatter_(1, masked[s : s + chunk], float("-inf"))
+                    p.scatter_(1, tc, lt)
                 m = p.amax(dim=1, keepdim=True)
                 p.sub_(m).exp_()
                 z = p.sum(dim=1, keepdim=True)
@@ -75,19 +81,29 @@ class _FusedLinearCE(torch.autograd.Function):
         gh, gW = ctx.saved_tensors
         gWfull = torch.zeros(ctx.w_shape, dtype=torch.float32)
         gWfull[1:] = gW
-        return (gh * grad_out).to(ctx.h_dtype), (gWfull * grad_out).to(ctx.w_dtype), None, None, None
+        return (gh * grad_out).to(ctx.h_dtype), (gWfull * grad_out).to(ctx.w_dtype), None, None, None, None
 
 
 def fused_linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
-                               chunk: int = 256, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Mean cross-entropy of the logits ``h @ W[1:].T`` against ``targets`` (ids 1..V)."""
-    return _FusedLinearCE.apply(h, W, targets, chunk, dtype)
+                               chunk: int = 256, dtype: torch.dtype = torch.float32,
+                               masked: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the logits ``h @ W[1:].T`` against ``targets`` (ids 1..V).
+
+    ``masked`` ``(N, L)``: item ids left out of row ``n``'s softmax (0 = none); a row's
+    own target is never left out.
+    """
+    return _FusedLinearCE.apply(h, W, targets, chunk, dtype, masked)
 
 
-def cross_entropy(h: torch.Tensor, W: torch.Tensor, tgt: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """Full-softmax CE of ``h`` (N, d) against all items of ``W`` (V + 1, d); bf16 matmuls under autocast."""
+def cross_entropy(h: torch.Tensor, W: torch.Tensor, tgt: torch.Tensor, chunk: int = 256,
+                  masked: torch.Tensor | None = None) -> torch.Tensor:
+    """Full-softmax CE of ``h`` (N, d) against all items of ``W`` (V + 1, d); bf16 matmuls under autocast.
+
+    ``masked`` ``(N, L)``: ids left out of each row's softmax (0 = none), e.g. the
+    items the user had already seen at that position, which ranking excludes anyway.
+    """
     dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
-    return fused_linear_cross_entropy(h.float(), W, tgt, chunk, dtype)
+    return fused_linear_cross_entropy(h.float(), W, tgt, chunk, dtype, masked)
 
 
 def sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, rows: Rows, n_items: int, k: int,

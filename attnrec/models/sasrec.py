@@ -148,6 +148,7 @@ class SASRec(NeuralSequenceModel):
         emb_ln: bool = False,
         scale_emb: bool = True,
         loss: str = "ce",
+        loss_excludes_seen: bool = False,
         n_negatives: int = 256,
         negative_sampling: str = "uniform",
         gbce_t: float = 0.75,
@@ -173,6 +174,7 @@ class SASRec(NeuralSequenceModel):
         self.emb_ln = emb_ln
         self.scale_emb = scale_emb
         self.loss = loss
+        self.loss_excludes_seen = loss_excludes_seen
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
         self.gbce_t = gbce_t
@@ -202,6 +204,9 @@ class SASRec(NeuralSequenceModel):
     def _build(self, n_items: int) -> SASRecNet:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss_excludes_seen and (self.loss != "ce" or self.private):
+            raise ValueError("loss_excludes_seen needs loss='ce' without privacy_epsilon (the full softmax "
+                             "is the loss whose denominator it changes)")
         return SASRecNet(self._net_config(n_items))
 
     #: optimiser steps that ``epochs="auto"`` budgets for, and the range of epochs it may give
@@ -297,8 +302,14 @@ class SASRec(NeuralSequenceModel):
             seq, tgt, where = batch
             h = module(seq)  # (B, T, d); ``module`` is the DDP wrapper of ``net`` when distributed
             if prefixes:  # the hidden state after each sample's newest item
-                return self._loss(h[torch.arange(len(seq)), where], tgt)  # (B, d), (B,)
-            return self._loss(h[where], tgt[where])  # (N, d), (N,)
+                seen = seq if self.loss_excludes_seen else None  # (B, T)
+                return self._loss(h[torch.arange(len(seq)), where], tgt, seen)  # (B, d), (B,)
+            seen = None
+            if self.loss_excludes_seen:  # position t has seen the inputs 0..t of its window
+                T = seq.shape[1]
+                upto = torch.ones(T, T, dtype=torch.bool).tril()  # (t, j): j <= t
+                seen = seq[:, None, :].masked_fill(~upto, 0)[where]  # (N, T)
+            return self._loss(h[where], tgt[where], seen)  # (N, d), (N,)
 
         self._train_net(batches, loss_fn, valid, metric)
         self.n_train_targets_ = int(len(lens) if prefixes else lens.sum())
@@ -326,12 +337,13 @@ class SASRec(NeuralSequenceModel):
         self._train_net(batches, loss_fn, None, None, privacy=hook)
         self.n_train_targets_ = int(lens.sum())
 
-    def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        """Loss for hidden states ``h`` (N, d) and target ids ``tgt`` (N,)."""
+    def _loss(self, h: torch.Tensor, tgt: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """Loss for hidden states ``h`` (N, d) and target ids ``tgt`` (N,); ``seen`` (N, L): ids
+        each row's softmax leaves out (``loss_excludes_seen``: ranking excludes them anyway)."""
         W = self.net_.output_weight()  # (V + 1, d)
         V = W.shape[0] - 1
         if self.loss == "ce":
-            return losses.cross_entropy(h, W, tgt, self.ce_chunk)
+            return losses.cross_entropy(h, W, tgt, self.ce_chunk, seen)
         rows = self.net_.output_rows  # gathers, so that sparse gradients stay sparse
         if self.loss == "bce":
             return losses.bce(h, tgt, rows, V)

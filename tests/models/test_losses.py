@@ -111,3 +111,20 @@ def test_cross_entropy_is_the_full_softmax_over_items():
     torch.testing.assert_close(got, ref)
     for a, b in zip(grads(got, h, W), grads(ref, h, W)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_cross_entropy_leaves_masked_items_out_of_each_softmax_but_never_the_target():
+    h, W, tgt = problem(4)
+    N, V = h.shape[0], W.shape[0] - 1
+    g = torch.Generator().manual_seed(3)
+    masked = torch.randint(1, V + 1, (N, 4), generator=g)
+    masked[:, 0] = 0  # padding: nothing left out
+    masked[0, 1] = tgt[0]  # a row's own target listed as seen stays in its softmax
+    got = losses.cross_entropy(h, W, tgt, chunk=5, masked=masked)
+    out = torch.zeros(N, V + 1, dtype=torch.bool).scatter_(1, masked, True)[:, 1:]
+    out[torch.arange(N), tgt - 1] = False
+    ref = F.cross_entropy((h @ W[1:].T).masked_fill(out, float("-inf")), tgt - 1)
+    torch.testing.assert_close(got, ref)
+    assert got < losses.cross_entropy(h, W, tgt, chunk=5)  # fewer competitors: a smaller loss
+    for a, b in zip(grads(got, h, W), grads(ref, h, W)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

@@ -278,3 +278,31 @@ def test_bf16_auto_follows_the_cpu():
     assert resolve_bf16(True) is True and resolve_bf16(False) is False
     with pytest.raises(ValueError, match="bf16 must be true, false or 'auto'"):
         resolve_bf16("yes")
+
+
+@pytest.mark.parametrize("training,align", [("positions", "right"), ("positions", "left"), ("prefixes", "right")])
+def test_loss_excludes_seen_leaves_out_exactly_the_items_before_each_target(monkeypatch, training, align):
+    from attnrec.models import losses
+
+    seqs = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]  # each item once: a target names its user
+    data = SequenceData.from_lists(seqs, 10)
+    rows = []
+    real_ce = losses.cross_entropy
+
+    def spy(h, W, tgt, chunk=256, masked=None):
+        rows.extend(zip(tgt.tolist(), [sorted(int(i) for i in r if i) for r in masked]))
+        return real_ce(h, W, tgt, chunk, masked)
+
+    monkeypatch.setattr(losses, "cross_entropy", spy)
+    SASRec(d_model=8, n_heads=1, n_layers=1, max_len=3, dropout=0.0, epochs=1, num_threads=1,
+           training=training, align=align, loss_excludes_seen=True).fit(data)
+    # each target with the items before it in its window of at most max_len inputs
+    want = sorted((s[i], sorted(s[max(0, i - 3):i])) for s in seqs for i in range(1, len(s)))
+    if training == "positions":  # windows of max_len: a later window's first targets see fewer items
+        assert sorted(t for t, _ in rows) == sorted(t for t, _ in want)
+        assert all(seen and set(seen) <= set(s[:s.index(t)]) and s[s.index(t) - 1] in seen
+                   for t, seen in rows for s in seqs if t in s)
+    else:
+        assert sorted(rows) == want
+    with pytest.raises(ValueError, match="loss_excludes_seen needs loss='ce'"):
+        SASRec(d_model=8, n_heads=1, n_layers=1, max_len=3, epochs=1, loss="bce", loss_excludes_seen=True).fit(data)
