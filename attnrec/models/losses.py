@@ -50,17 +50,16 @@ class _FusedLinearCE(torch.autograd.Function):
             for s in range(0, N, chunk):
                 hc = hd[s : s + chunk]  # (n, d)
                 tc = tgt[s : s + chunk]
-                p = (hc @ Wi.T).float()  # (n, V) logits
+                logits = hc @ Wi.T  # (n, V)
                 if masked is not None:  # out of this row's softmax; its target always stays in
-                    lt = p.gather(1, tc)
-                    p.scatter_(1, masked[s : s + chunk], float("-inf"))
-                    p.scatter_(1, tc, lt)
-                m = p.amax(dim=1, keepdim=True)
-                p.sub_(m).exp_()
-                z = p.sum(dim=1, keepdim=True)
-                pt = p.gather(1, tc)  # exp(logit_target - m)
-                loss += float((z.log() - pt.clamp_min(1e-30).log()).sum())
-                p.div_(z)  # softmax
+                    lt = logits.gather(1, tc)
+                    logits.scatter_(1, masked[s : s + chunk], float("-inf"))
+                    logits.scatter_(1, tc, lt)
+                # one fused row-wise softmax in float32 (each row stays in cache) instead of
+                # five separate passes over the whole chunk (benchmarks/RESULTS.md)
+                p = torch.softmax(logits, dim=1, dtype=torch.float32)  # (n, V)
+                pt = p.gather(1, tc)
+                loss += float(-pt.clamp_min(1e-30).log().sum())
                 p.scatter_add_(1, tc, torch.full_like(pt, -1.0))  # d loss / d logits
                 g = p.to(dtype)
                 gh[s : s + chunk] = (g @ Wi).float()  # (n, d)
