@@ -137,8 +137,9 @@ def test_bundle_written_before_a_default_changed_loads_with_the_value_it_was_tra
         del cfg["params"][name]
     (path / "config.json").write_text(json.dumps(cfg))
     loaded = Recommender.load(path)
-    assert loaded.align == "left" and loaded.batch_targets is None
+    assert loaded.align == "left" and loaded.batch_targets is None and loaded.ema_decay is None
     assert SASRec().align == "right"  # today's default would read the positions the other way
+    assert SASRec().ema_decay == "auto"  # a retrain of the loaded bundle keeps its own recipe
     hs = [np.array([1, 30, 22]), np.array([5])]
     assert torch.equal(left.score(hs), loaded.score(hs))
 
@@ -306,3 +307,12 @@ def test_loss_excludes_seen_leaves_out_exactly_the_items_before_each_target(monk
         assert sorted(rows) == want
     with pytest.raises(ValueError, match="loss_excludes_seen needs loss='ce'"):
         SASRec(d_model=8, n_heads=1, n_layers=1, max_len=3, epochs=1, loss="bce", loss_excludes_seen=True).fit(data)
+
+
+def test_weight_average_auto_spans_two_epochs_of_steps_and_is_off_under_privacy():
+    m = SASRec(**FAST, epochs=1, batch_targets=300).fit(planted(n_users=100))
+    steps = -(-int(m.n_train_targets_) // 300)
+    assert m.ema_decay_ == pytest.approx(1 - 1 / (2 * steps)) and m.train_config().ema_decay == m.ema_decay_
+    assert SASRec(ema_decay=0.9).train_config().ema_decay == 0.9  # a number is used as given
+    private = SASRec(**{**FAST, "dropout": 0.0}, epochs=1, privacy_epsilon=8.0).fit(planted(n_users=40))
+    assert private.ema_decay_ is None and private.train_config().ema_decay is None
