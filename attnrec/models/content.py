@@ -309,11 +309,14 @@ class ContentSASRec(_ContentMixin, SASRec):
             log.info("%d catalogue item(s) without interactions are recommendable by content",
                      len(added))
 
-    def _loss(self, h: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    def _loss(self, h: torch.Tensor, tgt: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         W = self.net_.output_weight()  # (V + 1, d)
         logits = (h @ W.T).float()  # (N, V + 1)
-        never = self.net_.counts == 0  # padding and items without training events
-        return F.cross_entropy(logits.masked_fill(never[None, :], float("-inf")), tgt)
+        out = (self.net_.counts == 0)[None, :].expand_as(logits)  # padding and items without training events
+        if seen is not None:  # loss_excludes_seen (padding 0 is out already); a row's target stays in
+            out = out.clone().scatter_(1, seen, True)
+            out[torch.arange(len(tgt)), tgt] = False
+        return F.cross_entropy(logits.masked_fill(out, float("-inf")), tgt)
 
     # ---- new items -------------------------------------------------------
     def add_items(self, rows: CatalogueRows) -> list[int]:

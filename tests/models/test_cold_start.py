@@ -151,3 +151,18 @@ def test_adding_items_never_touches_the_callers_data(shop, fake_encoder):
     m = TextSimilarity(text_columns=["name"]).set_item_features(catalogue).fit(data)
     assert len(m.item_map_) == n_before + 6 and len(data.item_map) == n_before
     assert data.n_items == n_before and m.train_data_.n_items == n_before + 6
+
+
+def test_loss_excludes_seen_leaves_seen_items_out_of_the_content_softmax(trained):
+    _, _, model = trained
+    h = torch.randn(3, model.d_model, generator=torch.Generator().manual_seed(0))
+    tgt = torch.tensor([1, 2, 3])
+    seen = torch.tensor([[4, 5, 0], [6, 2, 0], [0, 0, 0]])  # row 1 lists its own target: it stays in
+    W = model.net_.output_weight()
+    logits = (h @ W.T).float().masked_fill((model.net_.counts == 0)[None, :], float("-inf"))
+    out = torch.zeros_like(logits, dtype=torch.bool)
+    out[0, [4, 5]] = True
+    out[1, 6] = True
+    want = torch.nn.functional.cross_entropy(logits.masked_fill(out, float("-inf")), tgt)
+    torch.testing.assert_close(model._loss(h, tgt, seen), want)
+    assert model._loss(h, tgt, seen) < model._loss(h, tgt)
