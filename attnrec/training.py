@@ -25,7 +25,9 @@ so a million-item table costs per step what the batch touches, not the
 catalogue; such gradients are all-reduced sparsely under DDP), evaluates every
 ``eval_every`` epochs, stops early after ``patience`` evaluations without
 improvement (optionally halving the learning rate after every
-``lr_decay_patience`` of them), restores the best weights,
+``lr_decay_patience`` of them), restores the best weights (with ``ema_decay``:
+validation, the kept weights and the returned model are an exponential moving
+average of the weights, updated after every step),
 checkpoints to ``checkpoint_dir`` after every epoch and continues from there
 with ``resume=True``. Randomness is seeded per epoch (python, numpy, torch), so
 a resumed run reproduces an uninterrupted one. ``history`` holds one dict per
@@ -295,21 +297,18 @@ def train(
                     if privacy.exhausted:
                         break
                     total += privacy.step(model, batch, loss_fn)
-                    n += 1
-                    if average is not None:
-                        average.update()
-                    continue
-                with autocast():
-                    loss = step_loss(model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    _clip_grad_norm(params, cfg.grad_clip)
-                optimizer.step()
-                if average is not None:
-                    average.update()
-                total += float(loss.detach())
+                else:
+                    with autocast():
+                        loss = step_loss(model, batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        _clip_grad_norm(params, cfg.grad_clip)
+                    optimizer.step()
+                    total += float(loss.detach())
                 n += 1
+                if average is not None:  # after each step, whichever kind
+                    average.update()
                 if pbar is not None and n % 20 == 0:
                     pbar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
             if world > 1:  # mean loss over all ranks' batches
