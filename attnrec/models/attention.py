@@ -14,6 +14,9 @@ Masks (one convention everywhere):
   (the ``scaled_dot_product_attention`` convention).
 * ``causal=True``: query ``i`` may attend keys ``j <= i + (Tk - Tq)`` (aligned
   at the end, so ``Tq == Tk`` is the usual lower triangle).
+* ``attn_bias``: float, broadcastable to ``(B, H, Tq, Tk)``, added to the scaled
+  scores before the softmax (e.g. SASRec's relative-position bias); masked keys
+  stay masked.
 
 A query row with no allowed key (e.g. a padding query under a causal mask on a
 left-padded sequence, or a history made only of padding) outputs **zeros** and
@@ -215,6 +218,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         key_padding_mask: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
         need_weights: bool = False,
         explicit: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -227,7 +231,7 @@ class MultiHeadAttention(nn.Module):
         use_explicit = explicit or need_weights or self.top_k is not None or p_drop > 0
 
         if not use_explicit:
-            if causal and key_padding_mask is None and attn_mask is None and Tq == Tk:
+            if causal and key_padding_mask is None and attn_mask is None and attn_bias is None and Tq == Tk:
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p_drop, is_causal=True, scale=scale)
             else:
                 allowed = build_mask(
@@ -239,18 +243,26 @@ class MultiHeadAttention(nn.Module):
                     empty = ~allowed.any(dim=-1, keepdim=True)  # (B|1, H|1, Tq, 1) rows with no key
                     # let empty rows attend everything (no NaN), zero them afterwards
                     allowed = allowed | empty
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p_drop, scale=scale)
+                mask = allowed
+                if attn_bias is not None:  # additive float mask: the bias where allowed, -inf elsewhere
+                    mask = attn_bias.to(q.dtype)
+                    if allowed is not None:
+                        mask = mask.masked_fill(~allowed, float("-inf"))
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p_drop, scale=scale)
                 if empty is not None:  # unconditional: no data-dependent branch (torch.func.vmap under DP)
                     y = y.masked_fill(empty, 0.0)
             weights = None
         else:
-            y, weights = self._explicit(q, k, v, scale, B, Tq, Tk, causal, key_padding_mask, attn_mask, p_drop)
+            y, weights = self._explicit(q, k, v, scale, B, Tq, Tk, causal, key_padding_mask, attn_mask, attn_bias,
+                                        p_drop)
 
         y = y.transpose(1, 2).reshape(B, Tq, self.d_model)  # (B, Tq, d)
         return self.out_proj(y), (weights if need_weights else None)
 
-    def _explicit(self, q, k, v, scale, B, Tq, Tk, causal, key_padding_mask, attn_mask, p_drop):
+    def _explicit(self, q, k, v, scale, B, Tq, Tk, causal, key_padding_mask, attn_mask, attn_bias, p_drop):
         scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+        if attn_bias is not None:
+            scores = scores + attn_bias
         allowed = build_mask(
             B, Tq, Tk, causal=causal, key_padding_mask=key_padding_mask,
             attn_mask=attn_mask, device=q.device,
@@ -307,9 +319,9 @@ class TransformerBlock(nn.Module):
         self.mixer = mixer
         self.alpha = alpha
 
-    def _mix(self, x, causal, key_padding_mask, attn_mask, need_weights):
+    def _mix(self, x, causal, key_padding_mask, attn_mask, attn_bias, need_weights):
         a, w = self.attn(x, causal=causal, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                         need_weights=need_weights)  # (B, T, d)
+                         attn_bias=attn_bias, need_weights=need_weights)  # (B, T, d)
         if self.mixer is not None:
             a = self.alpha * self.mixer(x, key_padding_mask) + (1.0 - self.alpha) * a
         return a, w
@@ -321,14 +333,15 @@ class TransformerBlock(nn.Module):
         causal: bool = False,
         key_padding_mask: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.cfg.pre_ln:
-            a, w = self._mix(self.ln1(x), causal, key_padding_mask, attn_mask, need_weights)
+            a, w = self._mix(self.ln1(x), causal, key_padding_mask, attn_mask, attn_bias, need_weights)
             x = x + self.drop1(a)  # (B, T, d)
             x = x + self.drop2(self.ffn(self.ln2(x)))
         else:
-            a, w = self._mix(x, causal, key_padding_mask, attn_mask, need_weights)
+            a, w = self._mix(x, causal, key_padding_mask, attn_mask, attn_bias, need_weights)
             x = self.ln1(x + self.drop1(a))
             x = self.ln2(x + self.drop2(self.ffn(x)))
         return x, w

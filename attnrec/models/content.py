@@ -316,7 +316,15 @@ class ContentSASRec(_ContentMixin, SASRec):
         if seen is not None:  # loss_excludes_seen (padding 0 is out already); a row's target stays in
             out = out.clone().scatter_(1, seen, True)
             out[torch.arange(len(tgt)), tgt] = False
-        return F.cross_entropy(logits.masked_fill(out, float("-inf")), tgt)
+        logits = logits.masked_fill(out, float("-inf"))
+        if not self.label_smoothing:
+            return F.cross_entropy(logits, tgt)
+        # label smoothing over the items this loss ranks (those with training events; F.cross_entropy
+        # would spread it over the masked ones too, whose log-probability is -inf)
+        logp = torch.log_softmax(logits, dim=1)  # (N, V + 1)
+        uniform = -logp.masked_fill(out, 0.0).sum(1) / (~out).sum(1)  # (N,) mean over the allowed items
+        nll = -logp.gather(1, tgt[:, None])[:, 0]  # (N,)
+        return ((1 - self.label_smoothing) * nll + self.label_smoothing * uniform).mean()
 
     # ---- new items -------------------------------------------------------
     def add_items(self, rows: CatalogueRows) -> list[int]:

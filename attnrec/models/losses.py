@@ -36,10 +36,11 @@ class _FusedLinearCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h, W, targets, chunk: int, dtype: torch.dtype, masked):  # type: ignore[override]
+    def forward(ctx, h, W, targets, chunk: int, dtype: torch.dtype, masked, smoothing: float):  # type: ignore[override]
         with torch.autocast("cpu", enabled=False):
             N = h.shape[0]
             Wi = W[1:].detach().to(dtype)  # (V, d)
+            V = Wi.shape[0]
             hd = h.detach().to(dtype)  # (N, d)
             tgt = (targets - 1)[:, None]  # (N, 1)
             if masked is not None:  # padding (0) points at the row's own target, which is restored below
@@ -59,8 +60,16 @@ class _FusedLinearCE(torch.autograd.Function):
                 # threads the step time measured the same either way (benchmarks/RESULTS.md)
                 p = torch.softmax(logits, dim=1, dtype=torch.float32)  # (n, V)
                 pt = p.gather(1, tc)
-                loss += float(-pt.clamp_min(1e-30).log().sum())
-                p.scatter_add_(1, tc, torch.full_like(pt, -1.0))  # d loss / d logits
+                log_pt = pt.clamp_min(1e-30).log()  # (n, 1)
+                if smoothing:  # the target is (1 - eps) one-hot + eps uniform over the V items
+                    # sum_j log p_j = sum_j logit_j - V * logsumexp, and logsumexp = logit_t - log p_t
+                    lse = logits.gather(1, tc).float() - log_pt  # (n, 1)
+                    mean_log_p = logits.float().mean(1, keepdim=True) - lse  # (n, 1)
+                    loss += float(-((1 - smoothing) * log_pt + smoothing * mean_log_p).sum())
+                    p.sub_(smoothing / V)
+                else:
+                    loss += float(-log_pt.sum())
+                p.scatter_add_(1, tc, torch.full_like(pt, -(1.0 - smoothing)))  # d loss / d logits
                 g = p.to(dtype)
                 gh[s : s + chunk] = (g @ Wi).float()  # (n, d)
                 if dtype == torch.float32:
@@ -80,29 +89,36 @@ class _FusedLinearCE(torch.autograd.Function):
         gh, gW = ctx.saved_tensors
         gWfull = torch.zeros(ctx.w_shape, dtype=torch.float32)
         gWfull[1:] = gW
-        return (gh * grad_out).to(ctx.h_dtype), (gWfull * grad_out).to(ctx.w_dtype), None, None, None, None
+        return (gh * grad_out).to(ctx.h_dtype), (gWfull * grad_out).to(ctx.w_dtype), None, None, None, None, None
 
 
 def fused_linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
                                chunk: int = 256, dtype: torch.dtype = torch.float32,
-                               masked: torch.Tensor | None = None) -> torch.Tensor:
+                               masked: torch.Tensor | None = None, smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of the logits ``h @ W[1:].T`` against ``targets`` (ids 1..V).
 
     ``masked`` ``(N, L)``: item ids left out of row ``n``'s softmax (0 = none); a row's
-    own target is never left out.
+    own target is never left out. ``smoothing``: label smoothing, the target
+    distribution is ``(1 - smoothing)`` on the target plus ``smoothing`` spread evenly
+    over all V items (as ``F.cross_entropy(label_smoothing=...)``).
     """
-    return _FusedLinearCE.apply(h, W, targets, chunk, dtype, masked)
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"label smoothing must be in [0, 1), got {smoothing!r}")
+    if smoothing and masked is not None:
+        raise ValueError("label smoothing spreads weight over every item; it cannot be combined with "
+                         "items left out of the softmax")
+    return _FusedLinearCE.apply(h, W, targets, chunk, dtype, masked, float(smoothing))
 
 
 def cross_entropy(h: torch.Tensor, W: torch.Tensor, tgt: torch.Tensor, chunk: int = 256,
-                  masked: torch.Tensor | None = None) -> torch.Tensor:
+                  masked: torch.Tensor | None = None, smoothing: float = 0.0) -> torch.Tensor:
     """Full-softmax CE of ``h`` (N, d) against all items of ``W`` (V + 1, d); bf16 matmuls under autocast.
 
     ``masked`` ``(N, L)``: ids left out of each row's softmax (0 = none), e.g. the
     items the user had already seen at that position, which ranking excludes anyway.
     """
     dtype = torch.bfloat16 if torch.is_autocast_enabled("cpu") else torch.float32
-    return fused_linear_cross_entropy(h.float(), W, tgt, chunk, dtype, masked)
+    return fused_linear_cross_entropy(h.float(), W, tgt, chunk, dtype, masked, smoothing)
 
 
 def sampled_softmax(h: torch.Tensor, tgt: torch.Tensor, rows: Rows, n_items: int, k: int,

@@ -155,7 +155,10 @@ class SASRec(NeuralSequenceModel):
         align: str = "right",
         emb_ln: bool = False,
         scale_emb: bool = True,
+        input_item_dropout: float = 0.0,
+        positions: str = "absolute",
         loss: str = "ce",
+        label_smoothing: float = 0.0,
         loss_excludes_seen: bool = False,
         n_negatives: int = 256,
         negative_sampling: str = "uniform",
@@ -181,7 +184,10 @@ class SASRec(NeuralSequenceModel):
         self.align = align
         self.emb_ln = emb_ln
         self.scale_emb = scale_emb
+        self.input_item_dropout = input_item_dropout
+        self.positions = positions
         self.loss = loss
+        self.label_smoothing = label_smoothing
         self.loss_excludes_seen = loss_excludes_seen
         self.n_negatives = n_negatives
         self.negative_sampling = negative_sampling
@@ -207,7 +213,8 @@ class SASRec(NeuralSequenceModel):
         return SASRecConfig(n_items=n_items, max_len=self.max_len, n_layers=self.n_layers,
                             attention=self._attention_config(), shared_embeddings=self.shared_embeddings,
                             mixer=self.mixer, alpha=self.alpha, sparse_grad=self._sparse_grad_value(n_items),
-                            align=self.align, emb_ln=self.emb_ln, scale_emb=self.scale_emb)
+                            align=self.align, emb_ln=self.emb_ln, scale_emb=self.scale_emb,
+                            input_item_dropout=float(self.input_item_dropout), positions=self.positions)
 
     def _build(self, n_items: int) -> SASRecNet:
         if self.loss not in LOSSES:
@@ -215,6 +222,11 @@ class SASRec(NeuralSequenceModel):
         if self.loss_excludes_seen and (self.loss != "ce" or self.private):
             raise ValueError("loss_excludes_seen needs loss='ce' without privacy_epsilon (the full softmax "
                              "is the loss whose denominator it changes)")
+        if not 0.0 <= float(self.input_item_dropout) < 1.0:
+            raise ValueError(f"input_item_dropout must be in [0, 1), got {self.input_item_dropout!r}")
+        if self.label_smoothing and (self.loss != "ce" or self.loss_excludes_seen or self.private):
+            raise ValueError("label_smoothing needs loss='ce' without loss_excludes_seen or privacy_epsilon "
+                             "(it smooths the full softmax's target)")
         return SASRecNet(self._net_config(n_items))
 
     #: optimiser steps that ``epochs="auto"`` budgets for, and the range of epochs it may give
@@ -367,7 +379,7 @@ class SASRec(NeuralSequenceModel):
         W = self.net_.output_weight()  # (V + 1, d)
         V = W.shape[0] - 1
         if self.loss == "ce":
-            return losses.cross_entropy(h, W, tgt, self.ce_chunk, seen)
+            return losses.cross_entropy(h, W, tgt, self.ce_chunk, seen, self.label_smoothing)
         rows = self.net_.output_rows  # gathers, so that sparse gradients stay sparse
         if self.loss == "bce":
             return losses.bce(h, tgt, rows, V)

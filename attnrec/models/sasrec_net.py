@@ -14,6 +14,13 @@ plus a learned per-channel re-weighting of the high-frequency residual,
 ``alpha * (low + beta * (x - low)) + (1 - alpha) * attention(x)``. (BSARec's
 FFT filter is not causal, so it cannot be trained on all positions at once.)
 
+``positions="relative"`` drops the position embedding for a learned bias of the
+attention scores by the lag between query and key (one value per head and lag,
+shared by the layers; T5-style without buckets). Every computation then depends
+on offsets only, so a window's position ``t`` is computed exactly as the prefix
+sample ending at ``t`` would be: training on all positions at once equals training
+on every prefix, and ``align`` no longer matters (except where the padding goes).
+
 ``align`` places the positional indices: ``"left"`` = right-padded input, the
 oldest item of a window at index 0; ``"right"`` = left-padded input, the newest
 item always at index ``max_len - 1`` (padding keys are masked, in attention and
@@ -34,6 +41,7 @@ from attnrec.models.attention import (AttentionConfig, BlockStack, Dropout, Tran
 
 MIXERS = ("none", "lowpass")
 ALIGNS = ("left", "right")
+POSITIONS = ("absolute", "relative")
 
 
 @dataclass
@@ -51,6 +59,8 @@ class SASRecConfig:
     align: str = "left"  # "left": oldest item at position 0; "right": newest item at position max_len - 1
     emb_ln: bool = False  # LayerNorm on item + position embeddings (BSARec/BERT style)
     scale_emb: bool = True  # item embeddings times sqrt(d_model) before the positions are added
+    input_item_dropout: float = 0.0  # training only: each input item's embedding is zeroed with this probability
+    positions: str = "absolute"  # "absolute": a position embedding added to the items; "relative": see below
 
 
 class CausalLowPass(nn.Module):
@@ -91,11 +101,16 @@ class SASRecNet(nn.Module):
             raise ValueError(f"mixer must be one of {MIXERS}, got {cfg.mixer!r}")
         if cfg.align not in ALIGNS:
             raise ValueError(f"align must be one of {ALIGNS}, got {cfg.align!r}")
+        if cfg.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {cfg.positions!r}")
         att = cfg.attention
         d = att.d_model
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items + 1, d, padding_idx=0, sparse=cfg.sparse_grad)
-        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        relative = cfg.positions == "relative"
+        self.pos_emb = None if relative else nn.Embedding(cfg.max_len, d)
+        # (H, max_len) bias by lag 0..max_len-1; zero at the start (no preference)
+        self.lag_bias = nn.Parameter(torch.zeros(att.n_heads, cfg.max_len)) if relative else None
         self.emb_ln = nn.LayerNorm(d, eps=att.layer_norm_eps) if cfg.emb_ln else nn.Identity()
         self.emb_drop = Dropout(att.dropout)
         self.blocks = BlockStack(
@@ -119,23 +134,37 @@ class SASRecNet(nn.Module):
         """Input item embeddings of ``seq`` (B, T) -> (B, T, d)."""
         return self.item_emb(seq)
 
+    def lag_scores(self, T: int) -> torch.Tensor:
+        """``positions="relative"``: the score bias ``(1, H, T, T)`` of query ``i`` for key ``j``, by lag ``i - j``
+        (lags beyond ``max_len - 1`` share the last value; keys after the query are masked anyway)."""
+        t = torch.arange(T)
+        lag = (t[:, None] - t[None, :]).clamp(0, self.cfg.max_len - 1)  # (T, T)
+        return self.lag_bias[:, lag][None]
+
     def forward(self, seq: torch.Tensor, need_weights: bool = False):
         """``seq`` (B, T) padded item ids (see ``align``) -> hidden (B, T, d) [, per-layer weights (B, H, T, T)]."""
         T = seq.shape[1]
         x = self.embed(seq)  # (B, T, d)
+        if self.training and self.cfg.input_item_dropout > 0:  # the item is hidden, its position stays
+            keep = torch.rand(seq.shape, device=x.device) >= self.cfg.input_item_dropout  # (B, T)
+            x = x * keep[..., None].to(x.dtype)
         if self.cfg.scale_emb:
             x = x * math.sqrt(self.cfg.attention.d_model)
         if self.cfg.align == "right":
-            x = x + self.pos_emb.weight[self.cfg.max_len - T:]  # newest item at index max_len - 1
+            if self.pos_emb is not None:
+                x = x + self.pos_emb.weight[self.cfg.max_len - T:]  # newest item at index max_len - 1
             pad = seq == 0  # (B, T) left padding: causal alone would let queries see it
             # no mask without padding (the fused SDPA kernel); under torch.func transforms (per-user
             # DP gradients) a data-dependent branch is not allowed: the mask is always passed there
             if not under_transform(seq) and not bool(pad.any()):
                 pad = None
         else:
-            x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key
+            if self.pos_emb is not None:
+                x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key
             pad = None
         x = self.emb_drop(self.emb_ln(x))  # (B, T, d)
-        x, weights = self.blocks(x, causal=True, key_padding_mask=pad, need_weights=need_weights)  # (B, T, d)
+        bias = None if self.lag_bias is None else self.lag_scores(T)  # (1, H, T, T)
+        x, weights = self.blocks(x, causal=True, key_padding_mask=pad, attn_bias=bias,
+                                 need_weights=need_weights)  # (B, T, d)
         x = self.ln_f(x)
         return (x, weights) if need_weights else x

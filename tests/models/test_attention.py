@@ -28,7 +28,7 @@ def test_single_key_gets_weight_one(explicit):
     v = torch.tensor([[[7.0, 8.0, 9.0]]])
     # identity projections: feed k as key and v as value via a custom path
     qh, kh, vh = q[:, None], k[:, None], v[:, None]
-    y, w = m._explicit(qh, kh, vh, 1 / math.sqrt(3), 1, 1, 1, False, None, None, 0.0)
+    y, w = m._explicit(qh, kh, vh, 1 / math.sqrt(3), 1, 1, 1, False, None, None, None, 0.0)
     assert torch.equal(y.squeeze(), torch.tensor([7.0, 8.0, 9.0]))
     assert torch.equal(w.squeeze(), torch.tensor(1.0))
     y2 = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh)

@@ -166,3 +166,20 @@ def test_loss_excludes_seen_leaves_seen_items_out_of_the_content_softmax(trained
     want = torch.nn.functional.cross_entropy(logits.masked_fill(out, float("-inf")), tgt)
     torch.testing.assert_close(model._loss(h, tgt, seen), want)
     assert model._loss(h, tgt, seen) < model._loss(h, tgt)
+
+
+def test_label_smoothing_spreads_only_over_the_items_the_content_loss_ranks(trained, monkeypatch):
+    _, _, model = trained
+    h = torch.randn(3, model.d_model, generator=torch.Generator().manual_seed(0))
+    tgt = torch.tensor([1, 2, 3])
+    W = model.net_.output_weight()
+    ranked = model.net_.counts > 0  # (V + 1,) items with training events
+    assert not bool(ranked.all())  # padding at least is out
+    logp = torch.log_softmax((h @ W[ranked].T).float(), dim=1)  # over the ranked items only
+    col = torch.cumsum(ranked.long(), 0)[tgt] - 1  # each target's column among them
+    want = (0.9 * -logp[torch.arange(3), col] + 0.1 * -logp.mean(1)).mean()
+    monkeypatch.setattr(model, "label_smoothing", 0.1)
+    got = model._loss(h, tgt)
+    torch.testing.assert_close(got, want)
+    monkeypatch.setattr(model, "label_smoothing", 0.0)
+    assert abs(float(got) - float(model._loss(h, tgt))) > 1e-3  # the option is not ignored

@@ -128,3 +128,16 @@ def test_cross_entropy_leaves_masked_items_out_of_each_softmax_but_never_the_tar
     assert got < losses.cross_entropy(h, W, tgt, chunk=5)  # fewer competitors: a smaller loss
     for a, b in zip(grads(got, h, W), grads(ref, h, W)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_label_smoothing_matches_torch_and_is_refused_with_masked_items():
+    h, W, tgt = problem(4)
+    got = losses.cross_entropy(h, W, tgt, chunk=5, smoothing=0.1)
+    ref = F.cross_entropy(h @ W[1:].T, tgt - 1, label_smoothing=0.1)
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(grads(got, h, W), grads(ref, h, W)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="label smoothing must be in"):
+        losses.cross_entropy(h, W, tgt, smoothing=1.0)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        losses.cross_entropy(h, W, tgt, masked=torch.zeros(len(tgt), 2, dtype=torch.long), smoothing=0.1)

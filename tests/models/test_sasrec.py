@@ -290,7 +290,7 @@ def test_loss_excludes_seen_leaves_out_exactly_the_items_before_each_target(monk
     rows = []
     real_ce = losses.cross_entropy
 
-    def spy(h, W, tgt, chunk=256, masked=None):
+    def spy(h, W, tgt, chunk=256, masked=None, smoothing=0.0):
         rows.extend(zip(tgt.tolist(), [sorted(int(i) for i in r if i) for r in masked]))
         return real_ce(h, W, tgt, chunk, masked)
 
@@ -316,3 +316,61 @@ def test_weight_average_auto_spans_two_epochs_of_steps_and_is_off_under_privacy(
     assert SASRec(ema_decay=0.9).train_config().ema_decay == 0.9  # a number is used as given
     private = SASRec(**{**FAST, "dropout": 0.0}, epochs=1, privacy_epsilon=8.0).fit(planted(n_users=40))
     assert private.ema_decay_ is None and private.train_config().ema_decay is None
+
+
+def test_relative_positions_compute_each_window_position_as_its_prefix_sample():
+    """positions="relative": position t of a window equals the last position of the prefix ending at t,
+    so training on all positions at once is training on every prefix."""
+    for mixer in ("none", "lowpass"):
+        m = SASRec(d_model=16, n_heads=2, n_layers=2, max_len=8, mixer=mixer, positions="relative")
+        net = m._build(30).eval()
+        assert net.pos_emb is None
+        with torch.no_grad():
+            net.lag_bias.normal_()  # a non-trivial bias (it starts at zero)
+        window = torch.tensor([[0, 0, 3, 7, 1, 9, 4, 12]])  # left padded
+        h = net(window)  # (1, 8, d)
+        for t in range(2, 8):
+            # (1, 8): the window's items up to t, left padded
+            prefix = torch.cat([torch.zeros(1, 7 - t, dtype=torch.long), window[:, 2:t + 1]], 1)
+            torch.testing.assert_close(net(prefix)[0, -1], h[0, t], atol=1e-5, rtol=0)
+        # the fast path (float mask into SDPA) and the explicit one that returns weights agree
+        hw, weights = net(window, need_weights=True)
+        torch.testing.assert_close(hw, h, atol=1e-5, rtol=0)
+        assert float(weights[0][0, :, :, :2].detach().abs().sum()) == 0.0  # padding keys get no weight
+        # no absolute index: shifting the window by one leaves each item's state where it was
+        shifted = torch.cat([window[:, 1:], torch.tensor([[5]])], 1)
+        torch.testing.assert_close(net(shifted)[0, -2], h[0, -1], atol=1e-5, rtol=0)
+        with torch.no_grad():
+            net.lag_bias.zero_()
+        assert not torch.allclose(net(window), h, atol=1e-4)  # the bias is used
+
+
+def test_relative_positions_learn_the_planted_rule_and_round_trip(tmp_path):
+    m = SASRec(**FAST, epochs=25, positions="relative").fit(planted())
+    assert evaluate(m, probe_set(), ks=(1,))["HR@1"] > 0.6
+    m.save(tmp_path / "rel")
+    back = Recommender.load(tmp_path / "rel")
+    assert back.positions == "relative" and back.net_.pos_emb is None
+    hists = [np.array([3, 25, 13]), np.arange(21, 35)]
+    torch.testing.assert_close(back.score(hists), m.score(hists))
+    with pytest.raises(ValueError, match="positions must be one of"):
+        SASRec(positions="rotary")._build(10)
+
+
+def test_input_item_dropout_hides_input_items_in_training_only():
+    m = SASRec(d_model=16, n_heads=2, n_layers=1, max_len=6, dropout=0.0, mixer="none", input_item_dropout=0.5)
+    net = m._build(30)
+    seq = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    net.eval()
+    assert torch.equal(net(seq), net(seq))  # inference sees every item
+    net.train()
+    torch.manual_seed(0)
+    outs = [net(seq) for _ in range(20)]
+    assert not all(torch.equal(outs[0], o) for o in outs[1:])  # a new draw every step
+    net.cfg.input_item_dropout = 0.999999
+    other = torch.tensor([[7, 8, 9, 10, 11, 12]])
+    torch.testing.assert_close(net(seq), net(other))  # every item hidden: only the positions remain
+    with pytest.raises(ValueError, match="input_item_dropout must be in"):
+        SASRec(input_item_dropout=1.0)._build(10)
+    with pytest.raises(ValueError, match="label_smoothing needs loss='ce'"):
+        SASRec(loss="bce", label_smoothing=0.1)._build(10)
