@@ -48,6 +48,7 @@ class _FusedLinearCE(torch.autograd.Function):
             gh = torch.empty(h.shape, dtype=torch.float32)
             gW = torch.zeros(Wi.shape, dtype=torch.float32)
             loss = torch.zeros((), dtype=torch.float64)
+            w_mean = Wi.float().mean(0)  # (d,)
             for s in range(0, N, chunk):
                 hc = hd[s : s + chunk]  # (n, d)
                 tc = tgt[s : s + chunk]
@@ -62,11 +63,11 @@ class _FusedLinearCE(torch.autograd.Function):
                 pt = p.gather(1, tc)
                 log_pt = pt.clamp_min(1e-30).log()  # (n, 1)
                 if smoothing:  # the target is (1 - eps) one-hot + eps uniform over the V items
-                    # sum_j log p_j = sum_j logit_j - V * logsumexp, and logsumexp = logit_t - log p_t
+                    # mean_j log p_j = mean_j logit_j - logsumexp, with logsumexp = logit_t - log p_t and
+                    # mean_j logit_j = h . mean_j W_j (no pass over the (n, V) logits)
                     lse = logits.gather(1, tc).float() - log_pt  # (n, 1)
-                    mean_log_p = logits.float().mean(1, keepdim=True) - lse  # (n, 1)
+                    mean_log_p = hc.float() @ w_mean[:, None] - lse  # (n, 1)
                     loss += float(-((1 - smoothing) * log_pt + smoothing * mean_log_p).sum())
-                    p.sub_(smoothing / V)
                 else:
                     loss += float(-log_pt.sum())
                 p.scatter_add_(1, tc, torch.full_like(pt, -(1.0 - smoothing)))  # d loss / d logits
@@ -76,6 +77,9 @@ class _FusedLinearCE(torch.autograd.Function):
                     gW.addmm_(g.T, hc)  # (V, d)
                 else:
                     gW.add_((g.T @ hc).float())
+            if smoothing:  # the uniform part of d loss / d logits, -eps / V for every (row, item): rank one
+                gh.sub_(smoothing * w_mean)
+                gW.sub_(smoothing / V * hd.float().sum(0))
             inv = 1.0 / max(1, N)
             gh.mul_(inv)
             gW.mul_(inv)
