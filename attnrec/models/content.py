@@ -261,10 +261,12 @@ class ContentSASRec(_ContentMixin, SASRec):
     smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=1, n_layers=1, max_len=16,
                                                   epochs=2)
     #: SASRec's network, batching and optimiser defaults before issue 12 (d_model 64, left-aligned
-    #: positions, batches of 128 windows, no weight decay or weight average): the cold-start figures
-    #: of this model were measured with them and it has not been re-tuned with SASRec's newer defaults
+    #: positions, batches of 128 windows, no weight decay, weight average or label smoothing): the
+    #: cold-start figures of this model were measured with them and it has not been re-tuned with
+    #: SASRec's newer defaults
     content_defaults: ClassVar[dict[str, Any]] = {"d_model": 64, "align": "left", "batch_targets": None,
-                                                  "weight_decay": 0.0, "ema_decay": None}
+                                                  "weight_decay": 0.0, "ema_decay": None,
+                                                  "label_smoothing": 0.0}
 
     def __init__(self, item_features: str | None = None, feature_kinds: dict | None = None,
                  text_columns: list | None = None, text_model: str = "all-MiniLM-L6-v2",
@@ -317,14 +319,15 @@ class ContentSASRec(_ContentMixin, SASRec):
             out = out.clone().scatter_(1, seen, True)
             out[torch.arange(len(tgt)), tgt] = False
         logits = logits.masked_fill(out, float("-inf"))
-        if not self.label_smoothing:
+        eps = self._label_smoothing_value()
+        if not eps:
             return F.cross_entropy(logits, tgt)
         # label smoothing over the items this loss ranks (those with training events; F.cross_entropy
         # would spread it over the masked ones too, whose log-probability is -inf)
         logp = torch.log_softmax(logits, dim=1)  # (N, V + 1)
         uniform = -logp.masked_fill(out, 0.0).sum(1) / (~out).sum(1)  # (N,) mean over the allowed items
         nll = -logp.gather(1, tgt[:, None])[:, 0]  # (N,)
-        return ((1 - self.label_smoothing) * nll + self.label_smoothing * uniform).mean()
+        return ((1 - eps) * nll + eps * uniform).mean()
 
     # ---- new items -------------------------------------------------------
     def add_items(self, rows: CatalogueRows) -> list[int]:

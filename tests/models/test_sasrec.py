@@ -138,6 +138,7 @@ def test_bundle_written_before_a_default_changed_loads_with_the_value_it_was_tra
     (path / "config.json").write_text(json.dumps(cfg))
     loaded = Recommender.load(path)
     assert loaded.align == "left" and loaded.batch_targets is None and loaded.ema_decay is None
+    assert loaded.label_smoothing == 0.0
     assert SASRec().align == "right"  # today's default would read the positions the other way
     assert SASRec().ema_decay == "auto"  # a retrain of the loaded bundle keeps its own recipe
     hs = [np.array([1, 30, 22]), np.array([5])]
@@ -372,5 +373,28 @@ def test_input_item_dropout_hides_input_items_in_training_only():
     torch.testing.assert_close(net(seq), net(other))  # every item hidden: only the positions remain
     with pytest.raises(ValueError, match="input_item_dropout must be in"):
         SASRec(input_item_dropout=1.0)._build(10)
+
+
+
+def test_label_smoothing_auto_smooths_the_full_softmax_only(monkeypatch):
+    from attnrec.models import losses
+
+    assert SASRec()._label_smoothing_value() == SASRec.AUTO_LABEL_SMOOTHING > 0
+    for off in (SASRec(loss="bce"), SASRec(loss="sampled_softmax"), SASRec(loss_excludes_seen=True),
+                SASRec(privacy_epsilon=8.0)):
+        assert off._label_smoothing_value() == 0.0  # "auto" where the loss has no full-softmax target
+    assert SASRec(label_smoothing=0.05)._label_smoothing_value() == 0.05
     with pytest.raises(ValueError, match="label_smoothing needs loss='ce'"):
         SASRec(loss="bce", label_smoothing=0.1)._build(10)
+    with pytest.raises(ValueError, match="label_smoothing must be 'auto' or a number in"):
+        SASRec(label_smoothing=1.5)._build(10)
+    used = []
+    real_ce = losses.cross_entropy
+
+    def spy(h, W, tgt, chunk=256, masked=None, smoothing=0.0):
+        used.append(smoothing)
+        return real_ce(h, W, tgt, chunk, masked, smoothing)
+
+    monkeypatch.setattr(losses, "cross_entropy", spy)
+    SASRec(**FAST, epochs=1).fit(planted(n_users=20))
+    assert used and set(used) == {SASRec.AUTO_LABEL_SMOOTHING}  # the default trains with it
