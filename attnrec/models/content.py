@@ -261,12 +261,12 @@ class ContentSASRec(_ContentMixin, SASRec):
     smoke_params: ClassVar[dict[str, Any]] = dict(d_model=16, n_heads=1, n_layers=1, max_len=16,
                                                   epochs=2)
     #: SASRec's network, batching and optimiser defaults before issue 12 (d_model 64, left-aligned
-    #: positions, batches of 128 windows, no weight decay, weight average or label smoothing): the
-    #: cold-start figures of this model were measured with them and it has not been re-tuned with
-    #: SASRec's newer defaults
+    #: positions, batches of 128 windows, lr 1e-3, no weight decay, weight average or label
+    #: smoothing): the cold-start figures of this model were measured with them and it has not
+    #: been re-tuned with SASRec's newer defaults
     content_defaults: ClassVar[dict[str, Any]] = {"d_model": 64, "align": "left", "batch_targets": None,
                                                   "weight_decay": 0.0, "ema_decay": None,
-                                                  "label_smoothing": 0.0}
+                                                  "label_smoothing": 0.0, "lr": 1e-3}
 
     def __init__(self, item_features: str | None = None, feature_kinds: dict | None = None,
                  text_columns: list | None = None, text_model: str = "all-MiniLM-L6-v2",
