@@ -384,7 +384,8 @@ def demo(
     console.rule("[bold]attnrec demo: synthetic shop with planted 'accessory after product' patterns")
     console.print(f"[bold]protocol:[/] {report.protocol}")
     _print_table(report.runs)
-    console.print(f"best model by test NDCG@10: [bold]{report.best}[/], saved to {report.bundle}")
+    console.print(f"best model by validation NDCG@10: [bold]{report.best}[/] "
+                  f"({report.validation_ndcg[report.best]:.4f}), saved to {report.bundle}")
     console.print(
         f"planted pattern recovered: for users whose last item is a product, its accessory is in the "
         f"top-10 for {report.rule_hit_rate:.0%} of them"
