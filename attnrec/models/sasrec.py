@@ -106,14 +106,15 @@ class SASRec(NeuralSequenceModel):
     Defaults chosen on Amazon Beauty validation (``benchmarks/RESULTS.md``,
     issue 12 ablations): ``batch_targets=1500`` (every target weighs the same),
     ``align="right"`` (the newest item always at the last position index, as in
-    BSARec's pipeline), ``d_model=128``, weight decay 0.1 with an average of
+    BSARec's pipeline), ``d_model=128``, AdamW at lr 2e-3 with weight decay 0.1 and an average of
     the weights (``ema_decay="auto"``: over about two epochs of steps; validation and
     the returned model use it), and label smoothing 0.3 of the full-softmax target
     (``label_smoothing="auto"``: :attr:`AUTO_LABEL_SMOOTHING`, off for the sampled losses and
     under DP).
     """
 
-    #: bundles written before ``align``, ``batch_targets`` and ``ema_decay`` existed were trained this way
+    #: bundles written before ``align``, ``batch_targets``, ``ema_decay`` and ``label_smoothing`` existed
+    #: were trained this way (their other settings, the learning rate among them, are in the bundle)
     older_bundle_params: ClassVar[dict[str, Any]] = {"align": "left", "batch_targets": None, "ema_decay": None,
                                                      "label_smoothing": 0.0}
 
