@@ -150,18 +150,17 @@ class SASRecNet(nn.Module):
             x = x * keep[..., None].to(x.dtype)
         if self.cfg.scale_emb:
             x = x * math.sqrt(self.cfg.attention.d_model)
-        if self.cfg.align == "right":
-            if self.pos_emb is not None:
-                x = x + self.pos_emb.weight[self.cfg.max_len - T:]  # newest item at index max_len - 1
+        right = self.cfg.align == "right"
+        if self.pos_emb is not None:  # right: the newest item at index max_len - 1; left: the oldest at 0
+            start = self.cfg.max_len - T if right else 0
+            x = x + self.pos_emb.weight[start:start + T]
+        pad = None  # right padding + causal mask: padding is never a key
+        if right:
             pad = seq == 0  # (B, T) left padding: causal alone would let queries see it
             # no mask without padding (the fused SDPA kernel); under torch.func transforms (per-user
             # DP gradients) a data-dependent branch is not allowed: the mask is always passed there
             if not under_transform(seq) and not bool(pad.any()):
                 pad = None
-        else:
-            if self.pos_emb is not None:
-                x = x + self.pos_emb.weight[:T]  # right padding + causal mask: padding is never a key
-            pad = None
         x = self.emb_drop(self.emb_ln(x))  # (B, T, d)
         bias = None if self.lag_bias is None else self.lag_scores(T)  # (1, H, T, T)
         x, weights = self.blocks(x, causal=True, key_padding_mask=pad, attn_bias=bias,
